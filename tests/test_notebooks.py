@@ -1,0 +1,97 @@
+"""Notebook regression: papermill over the smoke profile, rendered reports, index, nbval."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from husai_core import runner
+from husai_core.errors import HusaiError
+from conftest import REPO
+
+
+def test_main_job_runs_every_phase(smoke_runs):
+    expected = {name for name, per_seed in runner.MAIN_JOB if not per_seed}
+    assert expected <= set(smoke_runs["runs"])
+    for key, res in smoke_runs["runs"].items():
+        assert res.results["headline"], key
+        m = res.manifest
+        assert m["status"] == "ok" and m["params_hash"] and m["packages"]["torch"] and m["device"]
+        assert m["wall_seconds"] > 0 and "git_commit" in m
+        assert (res.run_dir / "notebook.ipynb").is_file() and (res.run_dir / "params.yaml").is_file()
+        assert not list(res.run_dir.parent.glob(".*.partial")), "a finished run left a partial folder"
+
+
+def test_reports_embed_plotly_for_offline_viewing(smoke_runs):
+    html = (smoke_runs["runs"]["01_transformer"].run_dir / "report.html").read_text()
+    assert "Plotly.newPlot" in html and "plotly.js v" in html  # the library itself is inline
+    assert 'src="https://cdn.plot.ly' not in html
+
+
+def test_index_links_reports_with_numbers_from_results(smoke_runs):
+    reports = smoke_runs["base"] / "reports"
+    index = (reports / "index.html").read_text()
+    res = smoke_runs["runs"]["01_transformer"].results
+    assert 'href="01_transformer.html"' in index and (reports / "01_transformer.html").is_file()
+    assert f"{res['headline']['held-out accuracy']:.4g}" in index
+
+
+def test_transformer_results_are_coherent(smoke_runs):
+    res = smoke_runs["runs"]["01_transformer"].results
+    assert 0 <= res["headline"]["held-out accuracy"] <= 1
+    assert res["legacy"]["answer_in_input_at"] == [5]
+    fourier = res["fourier"]
+    assert len(fourier["trained_energy"]) == 12  # p = 23 in the smoke profile: k = 0..11
+
+
+def test_activation_results_point_at_a_loadable_cache(smoke_runs):
+    from husai_core.activations import load_cache
+
+    res = smoke_runs["runs"]["02_activations"].results
+    cache = load_cache(res["caches"]["default"])
+    assert cache.get("blocks.0.hook_resid_post").shape == (23 * 23, 32)
+    assert cache.meta["source_sha256"] and cache.meta["position"] == "answer"
+
+
+def test_resume_skips_a_finished_run(smoke_runs, monkeypatch):
+    monkeypatch.setenv("HUSAI_RUNS_DIR", str(smoke_runs["base"] / "runs"))
+    done = smoke_runs["runs"]["02_activations"]
+    again = runner.run_notebook("02_activations", "smoke", resume=True)
+    assert again.run_dir == done.run_dir
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"hooks": ["blocks.0.hook_resid_pst"]}, "unknown hook 'blocks.0.hook_resid_pst'"),
+    ({"artifacts_dir": "/nonexistent/husai"}, "missing transformer checkpoint"),
+])
+def test_bad_input_inside_a_notebook_fails_cleanly(smoke_runs, monkeypatch, overrides, message):
+    monkeypatch.setenv("HUSAI_RUNS_DIR", str(smoke_runs["base"] / "runs"))
+    before = sorted(p.name for p in (smoke_runs["base"] / "runs" / "02_activations").iterdir())
+    with pytest.raises(HusaiError, match=message) as err:
+        runner.run_notebook("02_activations", "smoke", overrides, render=False)
+    assert "\n" not in str(err.value)
+    after = sorted(p.name for p in (smoke_runs["base"] / "runs" / "02_activations").iterdir())
+    assert set(before) <= set(after)  # earlier runs are untouched; the failure is kept aside
+    assert any(name.endswith(".failed") for name in after)
+
+
+@pytest.mark.parametrize("name", ["01_transformer", "02_activations"])
+def test_nbval_reproduces_summary_cells(smoke_runs, tmp_path, name):
+    """Re-execute the papermill output with nbval: cells marked NBVAL_CHECK_OUTPUT must match."""
+    executed = smoke_runs["runs"][name].run_dir / "notebook.ipynb"
+    nb = nbformat.read(executed, as_version=4)
+    for cell in nb.cells:  # send the re-run's results.json to a scratch folder
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell.source += f"\nrun_dir = {str(tmp_path / 'rerun')!r}\n"
+    target = tmp_path / f"{name}.ipynb"
+    nbformat.write(nb, target)
+    env = {**os.environ, "HUSAI_RUNS_DIR": str(smoke_runs["base"] / "runs")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                           "--sanitize-with", str(REPO / "tests" / "nbval_sanitize.cfg"), str(target)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "passed" in proc.stdout
