@@ -59,10 +59,7 @@ def _as_matrix(x: Decoder, name: str, device: torch.device) -> torch.Tensor:
         raise HusaiError(f"{name} is empty: shape {tuple(t.shape)}")
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise HusaiError(f"{name} must hold real numbers, got dtype {t.dtype}")
-    t = t.to(device=device, dtype=torch.float32)
-    if not bool(torch.isfinite(t).all()):
-        raise HusaiError(f"{name} contains NaN or inf")
-    return t
+    return t.to(device=device, dtype=torch.float32)
 
 
 def _normalise(t: torch.Tensor) -> torch.Tensor:
@@ -70,9 +67,18 @@ def _normalise(t: torch.Tensor) -> torch.Tensor:
     return t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def _unit_rows(t: torch.Tensor, name: str) -> torch.Tensor:
+    """Row-normalise, validating finiteness through the row norms: a NaN/inf entry makes its
+    row norm non-finite, and checking d_sae norms is far cheaper than a full isfinite pass."""
+    norms = t.norm(dim=1, keepdim=True)
+    if not bool(torch.isfinite(norms).all()):
+        raise HusaiError(f"{name} contains NaN or inf (or values too large for float32)")
+    return t / norms.clamp_min(1e-12)
+
+
 def normalise_rows(dec: Decoder) -> torch.Tensor:
     """Unit-norm rows as a float32 tensor (on the input's device)."""
-    return _normalise(_as_matrix(dec, "decoder", _device_of(dec, device=None)))
+    return _unit_rows(_as_matrix(dec, "decoder", _device_of(dec, device=None)), "decoder")
 
 
 def _prepare(decs: Sequence[Decoder], names: Sequence[str], device) -> list[torch.Tensor]:
@@ -86,7 +92,7 @@ def _prepare(decs: Sequence[Decoder], names: Sequence[str], device) -> list[torc
                 f"dictionaries have different d_in: {names[0]} has d_in={d_in}, {n} has "
                 f"d_in={m.shape[1]} (decoders must be (d_sae, d_in) with the same d_in)"
             )
-    return [_normalise(m) for m in mats]
+    return [_unit_rows(m, n) for m, n in zip(mats, names)]
 
 
 def _prepare_list(decoders: Sequence[Decoder], device, min_count: int = 2, what: str = "decoders"):
@@ -123,9 +129,10 @@ def _pair_maxima(a: torch.Tensor, b: torch.Tensor, chunk_size: int | None, with_
     row_arg = torch.empty(n_a, dtype=torch.long, device=a.device) if with_index else None
     col_arg = torch.zeros(n_b, dtype=torch.long, device=a.device) if with_index else None
     bt = b.T
+    buf = torch.empty(min(chunk, n_a), n_b, device=a.device)  # reused: a fresh 32 MiB per chunk costs page faults
     for start in range(0, n_a, chunk):
-        sim = (a[start : start + chunk] @ bt).abs_()  # in place: no second chunk-sized buffer
-        stop = start + sim.shape[0]
+        stop = min(start + chunk, n_a)
+        sim = torch.mm(a[start:stop], bt, out=buf[: stop - start]).abs_()  # in place: no second buffer
         if with_index:
             vals, idx = sim.max(dim=1)
             row_max[start:stop], row_arg[start:stop] = vals, idx
@@ -263,9 +270,11 @@ def _cost_matrix(a: torch.Tensor, b: torch.Tensor, chunk_size: int | None) -> np
     chunk = _check_chunk(chunk_size, n_b, n_a)
     cost = np.empty((n_a, n_b), dtype=np.float64)
     bt = b.T
+    buf = torch.empty(min(chunk, n_a), n_b, device=a.device)
     for start in range(0, n_a, chunk):
-        sim = (a[start : start + chunk] @ bt).abs_()
-        cost[start : start + sim.shape[0]] = (1.0 - sim).cpu().numpy()
+        stop = min(start + chunk, n_a)
+        sim = torch.mm(a[start:stop], bt, out=buf[: stop - start]).abs_().cpu().numpy()
+        np.subtract(1.0, sim, out=cost[start:stop])  # casts to float64 while writing, no temporary
     return cost
 
 
@@ -283,8 +292,8 @@ def hungarian_match(dec_a: Decoder, dec_b: Decoder, thresholds: Sequence[float] 
     a, b = _prepare([dec_a, dec_b], ["dec_a", "dec_b"], device)
     rows, cols = linear_sum_assignment(_cost_matrix(a, b, chunk_size))
     # recompute matched similarities in float64 from the pairs: exact, and only O(n d_in)
-    a64, b64 = a.double()[torch.as_tensor(rows, device=a.device)], b.double()[torch.as_tensor(cols, device=b.device)]
-    sims = (a64 * b64).sum(dim=1).abs().cpu().numpy()
+    a64, b64 = a.cpu().numpy()[rows].astype(np.float64), b.cpu().numpy()[cols].astype(np.float64)
+    sims = np.abs(np.einsum("ij,ij->i", a64, b64))
     n = len(rows)
     return MatchResult(rows, cols, sims, float(sims.mean()), {t: float((sims >= t).sum() / n) for t in ts}, n)
 

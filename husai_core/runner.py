@@ -34,6 +34,8 @@ PACKAGES = ("husai", "torch", "transformer-lens", "sae-lens", "numpy", "scipy", 
 MAIN_JOB: list[tuple[str, bool]] = [
     ("01_transformer", False),
     ("02_activations", False),
+    ("03_sae_training", True),
+    ("04_trained_vs_random", False),
 ]
 
 

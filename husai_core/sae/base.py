@@ -30,8 +30,10 @@ from .sparse_ops import SparsePattern, sparse_decode, sparse_encode
 class SAEOutput(NamedTuple):
     """Everything one forward pass computes. Terms are per seed (scalars when S == 1).
 
-    ``loss`` is what training minimises (see ``SAEConfig`` for its composition); the other
-    terms are unweighted and always present (zero when an architecture does not use them).
+    ``loss`` is what training minimises (see ``SAEConfig`` for its composition); for a stack
+    it has one entry per seed and training backpropagates ``loss.sum()`` (seeds are
+    independent, so each keeps exactly its own gradient). The other terms are unweighted
+    and always present (zero when an architecture does not use them).
     ``fired[j]`` counts the rows in which latent ``j`` was non-zero.
     """
 
@@ -253,7 +255,7 @@ class BaseSAE(nn.Module):
         return SAEOutput(
             x_hat=self._stack_out(terms.x_hat, lead),
             latents=None if terms.latents is None else self._stack_out(terms.latents, lead),
-            loss=loss.sum(),  # seeds are independent: summing keeps each seed's gradient
+            loss=self._per_seed(loss),
             mse=self._per_seed(mse),
             l1=self._per_seed(terms.l1),
             l0=self._per_seed(terms.l0),
@@ -305,7 +307,7 @@ class BaseSAE(nn.Module):
         min(n_dead / k_aux, 1). With ``sparse_grad`` the values get their encoder gradient
         through ``sparse_encode`` (``pre`` was computed without autograd).
         """
-        if dead is None:
+        if dead is None or self.cfg.aux_coeff == 0:
             return self._zeros()
         n_dead = dead.sum(1)
         most = int(n_dead.max())

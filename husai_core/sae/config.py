@@ -8,6 +8,7 @@ raises ``HusaiError`` naming the offending field.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,8 +103,9 @@ class SAEConfig:
     def validate(self) -> None:
         def positive_int(name: str) -> None:
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
                 raise HusaiError(f"SAEConfig.{name} must be a positive integer, got {v!r}")
+            object.__setattr__(self, name, int(v))  # numpy integers become plain ints
 
         if self.architecture not in ARCHITECTURES:
             raise HusaiError(
@@ -118,17 +120,16 @@ class SAEConfig:
             positive_int("aux_k")
         if self.architecture in TOPK_FAMILY and self.k > self.d_sae:
             raise HusaiError(f"SAEConfig.k={self.k} must be <= d_sae={self.d_sae}")
-        if self.architecture == "batchtopk" and self.k * self.batch_size > self.d_sae * self.batch_size:
-            raise HusaiError(f"SAEConfig.k={self.k} must be <= d_sae={self.d_sae}")
         for name in ("l1_coeff", "l0_coeff", "aux_coeff"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v >= 0):
+            if isinstance(v, bool) or not (isinstance(v, numbers.Real) and v >= 0):
                 raise HusaiError(f"SAEConfig.{name} must be a number >= 0, got {v!r}")
         for name in ("bandwidth", "jumprelu_init_threshold", "lr"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v > 0):
+            if isinstance(v, bool) or not (isinstance(v, numbers.Real) and v > 0):
                 raise HusaiError(f"SAEConfig.{name} must be a number > 0, got {v!r}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, numbers.Integral) \
+                or self.warmup_steps < 0:
             raise HusaiError(f"SAEConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
         if not (0.0 <= float(self.decay_start_frac) <= 1.0):
             raise HusaiError(f"SAEConfig.decay_start_frac must be in [0, 1], got {self.decay_start_frac!r}")
@@ -150,8 +151,6 @@ class SAEConfig:
                 raise HusaiError(
                     f"SAEConfig.matryoshka_prefixes: prefix {p} must be in 1..d_sae={self.d_sae}"
                 )
-        if self.architecture == "matryoshka" and self.k > self.prefixes[0] and len(self.prefixes) > 1:
-            pass  # allowed: a small prefix may hold fewer than k active latents
         if not isinstance(self.extra, dict):
             raise HusaiError("SAEConfig.extra must be a dict")
 

@@ -1,0 +1,305 @@
+"""Step-based SAE training: one config, one or many seeds, sequential or seed-batched.
+
+Each step draws ``batch_size`` rows from the in-memory activations (shuffled passes driven by
+a generator derived from the seed, so the data order is part of the seed), runs the SAE,
+and applies Adam with a linear warm-up over ``warmup_steps`` and a linear decay to 0 from
+``decay_start_frac * steps`` on. Around the optimiser step the decoder rows are kept
+unit-norm: the gradient component parallel to each row is removed before, and the rows are
+renormalised after. A latent is *dead* once ``dead_tokens`` tokens passed without it firing;
+the TopK family feeds the dead mask to its AuxK loss.
+
+``train_saes`` trains one config for several seeds either one after another or as one
+vectorised stack (parameters with a leading seed axis; each seed keeps its own data order
+and optimiser state, so the results match sequential training up to float rounding).
+``mode="auto"`` measures both on the current device with a short probe and keeps the faster.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..device import describe_device, pick_device, seed_everything
+from ..errors import HusaiError
+from ..metrics import evaluate_sae
+from .base import BaseSAE, stack_saes
+from .batchtopk import BatchTopKSAE
+from .build import DATA_STREAM, build_sae, derived_seed
+from .config import TOPK_FAMILY, SAEConfig
+
+LOG_COLUMNS = ["seed", "step", "tokens", "lr", "loss", "mse", "l1", "l0", "aux", "matryoshka", "ev", "dead_fraction"]
+MODES = ("auto", "sequential", "batched")
+_MODE_CACHE: dict[tuple, tuple[str, dict[str, float]]] = {}
+
+
+@dataclass
+class TrainResult:
+    """A trained SAE (eval mode), its per-step log and its final metrics on the training rows.
+
+    ``history`` has one row per logged step (columns ``LOG_COLUMNS``; ``ev`` is on that
+    step's batch, ``dead_fraction`` uses the ``dead_tokens`` window). ``metrics`` is
+    ``evaluate_sae`` on all training rows plus ``dead_fraction_train`` (latents idle for
+    ``dead_tokens`` tokens at the end of training). ``info`` records seed, device, mode, time.
+    """
+
+    sae: BaseSAE
+    history: pd.DataFrame
+    metrics: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def lr_multiplier(step: int, cfg: SAEConfig) -> float:
+    """Linear warm-up to 1 over ``warmup_steps``, then linear decay to 0 over the last
+    ``(1 - decay_start_frac)`` of the steps (0-based ``step``)."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    start = int(cfg.decay_start_frac * cfg.steps)
+    decay = 1.0
+    if step >= start and cfg.steps > start:
+        decay = (cfg.steps - step) / (cfg.steps - start)
+    return warm * decay
+
+
+class _RowSampler:
+    """Shuffled passes over ``n`` rows from a seeded generator (no epochs in the API)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n = n
+        self.gen = torch.Generator().manual_seed(derived_seed(seed, DATA_STREAM))
+        self.perm = torch.randperm(n, generator=self.gen)
+        self.pos = 0
+
+    def take(self, b: int) -> Tensor:
+        parts = []
+        while b > 0:
+            if self.pos >= self.n:
+                self.perm = torch.randperm(self.n, generator=self.gen)
+                self.pos = 0
+            part = self.perm[self.pos : self.pos + b]
+            self.pos += len(part)
+            b -= len(part)
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _check_data(cfg: SAEConfig, x: Any, x_target: Any) -> tuple[Tensor, Tensor | None]:
+    if not isinstance(cfg, SAEConfig):
+        raise HusaiError(f"expected an SAEConfig, got {type(cfg).__name__}")
+    x = torch.as_tensor(x)
+    if x.dim() < 2:
+        raise HusaiError(f"activations must have shape (rows, d_in), got {tuple(x.shape)}")
+    if x.shape[-1] != cfg.d_in:
+        raise HusaiError(f"activations have width {x.shape[-1]} but cfg.d_in is {cfg.d_in}")
+    x = x.reshape(-1, x.shape[-1])
+    if x.shape[0] == 0:
+        raise HusaiError("activations have no rows")
+    if not torch.is_floating_point(x):
+        raise HusaiError(f"activations must be floating point, got {x.dtype}")
+    t = None
+    if cfg.transcoder:
+        if x_target is None:
+            raise HusaiError("cfg.transcoder is set: pass x_target (the activations to reconstruct)")
+        t = torch.as_tensor(x_target)
+        if t.dim() < 2 or t.shape[-1] != cfg.d_target:
+            raise HusaiError(f"x_target has width {t.shape[-1] if t.dim() else 0} but the transcoder's d_out is {cfg.d_target}")
+        t = t.reshape(-1, t.shape[-1])
+        if t.shape[0] != x.shape[0]:
+            raise HusaiError(f"x_target has {t.shape[0]} rows but x has {x.shape[0]}")
+    elif x_target is not None:
+        raise HusaiError("x_target was given but cfg.transcoder is False")
+    if not torch.isfinite(x).all() or (t is not None and not torch.isfinite(t).all()):
+        raise HusaiError("activations contain NaN or infinite values")
+    return x, t
+
+
+def _make_optimizer(params: list[Tensor], cfg: SAEConfig) -> torch.optim.Optimizer:
+    try:  # fused Adam: one kernel per step on CPU and CUDA; deterministic on CPU
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas)
+
+
+def _batch_ev(t: Tensor, x_hat: Tensor) -> Tensor:
+    """Per-seed explained variance on one (S, B, d) batch (the metrics.py definition)."""
+    t, x_hat = t.double(), x_hat.detach().double()
+    total = t.var(dim=1, unbiased=False).sum(-1)
+    resid = (t - x_hat).var(dim=1, unbiased=False).sum(-1)
+    return 1.0 - resid / total.clamp_min(1e-300)
+
+
+def _fit(sae: BaseSAE, xd: Tensor, td: Tensor | None, seeds: list[int], progress: bool,
+         desc: str, steps: int | None = None, log: bool = True) -> tuple[list[dict], Tensor, float]:
+    """Train a (possibly stacked) SAE in place; returns log rows, tokens-since-fired, seconds."""
+    cfg = sae.cfg
+    S, B, n = sae.n_stack, cfg.batch_size, xd.shape[0]
+    steps = cfg.steps if steps is None else steps
+    samplers = [_RowSampler(n, s) for s in seeds]
+    opt = _make_optimizer(list(sae.parameters()), cfg)
+    since = torch.zeros(S, cfg.d_sae, dtype=torch.long, device=xd.device)
+    uses_dead = cfg.architecture in TOPK_FAMILY
+    rows: list[dict] = []
+    sae.train()
+    t0 = time.perf_counter()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    for step in bar:
+        lr = cfg.lr * lr_multiplier(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.stack([s.take(B) for s in samplers]).to(xd.device)
+        xb = xd[idx]
+        tb = td[idx] if td is not None else None
+        dead = since >= cfg.dead_tokens if uses_dead else None
+        out = sae(xb, tb, dead, return_latents=False)
+        out.loss.sum().backward()
+        sae.remove_parallel_grad()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sae.normalize_decoder()
+        sae.after_step()
+        since.add_(B).masked_fill_(out.fired.view(S, -1) > 0, 0)
+        if log and (step % cfg.log_every == 0 or step == steps - 1):
+            with torch.no_grad():
+                ev = _batch_ev(tb if tb is not None else xb, out.x_hat.view(S, B, -1))
+                dead_frac = (since >= cfg.dead_tokens).double().mean(1)
+                cols = [out.loss, out.mse, out.l1, out.l0, out.aux, out.matryoshka, ev, dead_frac]
+                table = torch.stack([c.detach().double().reshape(S) for c in cols], 1).cpu().tolist()
+            for s, vals in zip(seeds, table):
+                rows.append({"seed": s, "step": step, "tokens": (step + 1) * B, "lr": lr,
+                             **dict(zip(LOG_COLUMNS[4:], vals))})
+            if progress:
+                bar.set_postfix(loss=f"{table[0][0]:.4g}", ev=f"{table[0][6]:.3f}", l0=f"{table[0][3]:.1f}")
+    if xd.device.type == "cuda":
+        torch.cuda.synchronize(xd.device)
+    return rows, since, time.perf_counter() - t0
+
+
+def _train_group(cfg: SAEConfig, x: Tensor, t: Tensor | None, seeds: list[int], device: torch.device,
+                 progress: bool, mode: str) -> list[TrainResult]:
+    seed_everything(seeds[0])
+    xd = x.to(device=device, dtype=torch.float32)
+    td = t.to(device=device, dtype=torch.float32) if t is not None else None
+    singles = []
+    for s in seeds:
+        sae = build_sae(cfg, s, device=device)
+        sae.init_biases_from_data(xd, td)
+        singles.append(sae)
+    sae = singles[0] if len(singles) == 1 else stack_saes(singles)
+    desc = f"SAE {cfg.architecture} seed {seeds[0]}" if len(seeds) == 1 else f"SAE {cfg.architecture} x{len(seeds)} seeds"
+    rows, since, seconds = _fit(sae, xd, td, seeds, progress, desc)
+    sae.eval()
+    if isinstance(sae, BatchTopKSAE):
+        with torch.no_grad():
+            sae.calibrate(xd)
+    trained = sae.unstack() if sae.n_stack > 1 else [sae]
+    history = pd.DataFrame(rows, columns=LOG_COLUMNS)
+    results = []
+    for i, (s, single) in enumerate(zip(seeds, trained)):
+        single.eval()
+        metrics = evaluate_sae(single, xd, td, batch_size=max(cfg.batch_size, 4096))
+        metrics["dead_fraction_train"] = float((since[i] >= cfg.dead_tokens).double().mean())
+        metrics["dead_window_tokens_train"] = cfg.dead_tokens
+        info = {"seed": s, "device": describe_device(device), "mode": mode, "n_stack": len(seeds),
+                "train_seconds": seconds, "steps_per_second": cfg.steps / max(seconds, 1e-9)}
+        results.append(TrainResult(single, history[history.seed == s].reset_index(drop=True), metrics, info))
+    return results
+
+
+def train_sae(cfg: SAEConfig, x: Any, seed: int, x_target: Any = None, device: str | torch.device = "auto",
+              progress: bool = False) -> TrainResult:
+    """Train one SAE of ``cfg`` on activations ``x`` (rows, d_in) under ``seed``.
+
+    ``x_target`` (rows, d_out) is required for transcoders and refused otherwise. The whole
+    activation tensor is moved to ``device`` once (``"auto"``: CUDA when present). On CPU the
+    result is bit-for-bit reproducible for a given seed.
+    """
+    x, t = _check_data(cfg, x, x_target)
+    return _train_group(cfg, x, t, [seed], pick_device(device), progress, "sequential")[0]
+
+
+def train_saes(cfg: SAEConfig, x: Any, seeds: list[int], x_target: Any = None,
+               device: str | torch.device = "auto", progress: bool = False,
+               mode: str = "auto") -> list[TrainResult]:
+    """Train ``cfg`` once per seed; returns one ``TrainResult`` per seed, in order.
+
+    ``mode``: ``"sequential"`` (one SAE at a time), ``"batched"`` (all seeds as one
+    vectorised stack, in memory-bounded groups) or ``"auto"`` (time both for a few steps on
+    this device and keep the faster; short runs skip the probe and follow the measured rule
+    of thumb: batched on CUDA, sequential on CPU). ``info["mode"]`` records the choice.
+    """
+    if mode not in MODES:
+        raise HusaiError(f"mode must be one of {MODES}, got {mode!r}")
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise HusaiError("train_saes needs at least one seed")
+    x, t = _check_data(cfg, x, x_target)
+    dev = pick_device(device)
+    if mode == "auto":
+        mode = choose_mode(cfg, len(seeds), dev)[0]
+    if mode == "sequential" or len(seeds) == 1:
+        return [_train_group(cfg, x, t, [s], dev, progress, "sequential")[0] for s in seeds]
+    group = max_stack_size(cfg, dev)
+    results: list[TrainResult] = []
+    for lo in range(0, len(seeds), group):
+        results += _train_group(cfg, x, t, seeds[lo : lo + group], dev, progress, "batched")
+    return results
+
+
+def max_stack_size(cfg: SAEConfig, device: torch.device) -> int:
+    """How many seeds fit in one stack: the activations (several B x d_sae tensors) and the
+    parameters with Adam state must stay within a budget (2 GiB on CPU, 30% of free GPU memory)."""
+    per_seed = 4 * (6 * cfg.batch_size * cfg.d_sae + 4 * cfg.d_sae * (cfg.d_in + cfg.d_target))
+    if device.type == "cuda":
+        budget = 0.3 * torch.cuda.mem_get_info(device)[0]
+    else:
+        budget = 2 * 1024**3
+    return max(1, int(budget // per_seed))
+
+
+def probe_modes(cfg: SAEConfig, n_seeds: int, device: torch.device | str = "auto", steps: int = 3) -> dict[str, float]:
+    """Seconds per training step *per seed* for sequential vs batched execution, measured on
+    synthetic data of the right shape after one warm-up step."""
+    dev = pick_device(device)
+    probe_cfg = cfg.replace(steps=steps + 1, warmup_steps=0, log_every=10**9)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(max(2 * cfg.batch_size, 16), cfg.d_in, generator=gen).to(dev)
+    t = torch.randn(x.shape[0], cfg.d_target, generator=gen).to(dev) if cfg.transcoder else None
+    n = max(1, min(n_seeds, max_stack_size(cfg, dev)))
+
+    def timed(seeds: list[int]) -> float:
+        saes = [build_sae(probe_cfg, s, device=dev) for s in seeds]
+        sae = saes[0] if len(saes) == 1 else stack_saes(saes)
+        _fit(sae, x, t, seeds, False, "", steps=1, log=False)  # warm-up (allocator, kernels)
+        _, _, sec = _fit(sae, x, t, seeds, False, "", steps=steps, log=False)
+        return sec / steps / len(seeds)
+
+    return {"sequential": timed([0]), "batched": timed(list(range(n))), "n_stack": n}
+
+
+def choose_mode(cfg: SAEConfig, n_seeds: int, device: torch.device | str = "auto") -> tuple[str, dict[str, Any]]:
+    """Pick ``sequential`` or ``batched`` for training ``n_seeds`` seeds of ``cfg`` on ``device``.
+
+    Batched must beat sequential by 10% per seed in the probe to be chosen. Results are
+    cached per (device, shapes, seed count) for the life of the process.
+    """
+    dev = pick_device(device)
+    if n_seeds <= 1:
+        return "sequential", {"reason": "one seed"}
+    if cfg.steps < 100:  # the probe would cost a noticeable share of such a short run
+        mode = "batched" if dev.type == "cuda" else "sequential"
+        return mode, {"reason": "short run: rule of thumb (batched on CUDA, sequential on CPU)"}
+    key = (dev.type, str(dev), cfg.architecture, cfg.d_in, cfg.d_sae, cfg.d_target, cfg.k, cfg.batch_size,
+           cfg.decode_impl, n_seeds, torch.get_num_threads())
+    if key not in _MODE_CACHE:
+        timing = probe_modes(cfg, n_seeds, dev)
+        mode = "batched" if timing["batched"] < 0.9 * timing["sequential"] else "sequential"
+        _MODE_CACHE[key] = (mode, {"reason": "probe", **timing})
+    return _MODE_CACHE[key]
+
+
+__all__ = ["TrainResult", "train_sae", "train_saes", "choose_mode", "probe_modes", "lr_multiplier",
+           "max_stack_size", "LOG_COLUMNS"]

@@ -1,0 +1,143 @@
+"""Resumable sweeps of seeds x configurations, in a local process pool or on a Dask cluster.
+
+Each point (one configuration, one seed) is a call ``fn(spec) -> dict`` of a top-level
+function, so it can run in another process. A finished point's result is written
+atomically to ``<out>/points/<key>.json``; a rerun skips every point that has one, so an
+interrupted sweep resumes without redoing work and never sees a half-written result.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .errors import HusaiError
+from .io import atomic_write_text, config_hash, read_json, to_jsonable, write_json
+
+
+class SweepPoint(NamedTuple):
+    config: dict[str, Any]  # the settings that vary (and the fixed ones), JSON-able
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{config_hash(self.config)[:12]}-seed{self.seed}"
+
+
+def expand_grid(base: dict[str, Any], grid: dict[str, list], seeds: list[int],
+                check: Callable[[dict[str, Any]], None] | None = None) -> list[SweepPoint]:
+    """Cartesian product of ``grid`` over ``base`` for every seed, validated up front.
+
+    ``check(config)`` raises HusaiError for an invalid point (e.g. k > d_sae), so a bad
+    spec fails before any training starts, naming the point.
+    """
+    if not seeds:
+        raise HusaiError("sweep has no seeds")
+    for name, values in grid.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise HusaiError(f"sweep grid entry {name!r} is empty; give at least one value")
+    names = list(grid)
+    configs = [{**base, **dict(zip(names, combo))} for combo in itertools.product(*(grid[n] for n in names))]
+    if not configs:
+        raise HusaiError("sweep grid is empty")
+    for cfg in configs:
+        if check is not None:
+            try:
+                check(cfg)
+            except HusaiError as exc:
+                varying = {n: cfg[n] for n in names}
+                raise HusaiError(f"invalid sweep point {varying}: {exc}") from None
+    return [SweepPoint(cfg, int(s)) for cfg in configs for s in seeds]
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def _call(fn: Callable[[dict], dict], point: SweepPoint, out: str) -> dict:
+    result = fn({**point.config, "seed": point.seed})
+    record = to_jsonable({"key": point.key, "seed": point.seed, "config": point.config, "result": result})
+    write_json(Path(out) / "points" / f"{point.key}.json", record)
+    return record
+
+
+def run_sweep(
+    fn: Callable[[dict], dict],
+    points: list[SweepPoint],
+    out: str | os.PathLike,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run every unfinished point; return one tidy row per point (config columns + results)."""
+    out = Path(out)
+    (out / "points").mkdir(parents=True, exist_ok=True)
+    keys = [p.key for p in points]
+    if len(set(keys)) != len(keys):
+        raise HusaiError("sweep has duplicate points (same configuration and seed)")
+    todo = [p for p in points if not (out / "points" / f"{p.key}.json").is_file()]
+    bar = tqdm(total=len(points), initial=len(points) - len(todo), disable=not progress, desc="sweep")
+    if todo:
+        if scheduler:
+            _run_dask(fn, todo, out, scheduler, bar)
+        else:
+            # Default: one worker per core, one thread each, so workers never fight over cores.
+            cores = os.cpu_count() or 1
+            workers = min(workers or cores, len(todo))
+            threads = threads_per_worker or max(1, cores // workers)
+            if workers == 1:
+                _init_worker(threads)
+                for p in todo:
+                    _call(fn, p, str(out))
+                    bar.update()
+            else:
+                _run_pool(fn, todo, out, workers, threads, bar)
+    bar.close()
+    return collect(out, points)
+
+
+def _run_pool(fn, todo, out, workers, threads, bar) -> None:
+    # spawn, not fork: forking a process that already runs torch threads can deadlock.
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        pending = {pool.submit(_call, fn, p, str(out)) for p in todo}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                fut.result()  # re-raise a worker's error here, with its message
+                bar.update()
+
+
+def _run_dask(fn, todo, out, address, bar) -> None:
+    from distributed import Client, as_completed
+
+    with Client(address) as client:
+        futures = [client.submit(_call, fn, p, str(out), pure=False) for p in todo]
+        for fut in as_completed(futures):
+            fut.result()
+            bar.update()
+
+
+def collect(out: str | os.PathLike, points: list[SweepPoint]) -> pd.DataFrame:
+    """Tidy table of the given points' results; also written as ``table.csv`` and ``table.json``."""
+    out = Path(out)
+    rows = []
+    for p in points:
+        rec = read_json(out / "points" / f"{p.key}.json", "sweep point result")
+        rows.append({**rec["config"], "seed": rec["seed"], "key": rec["key"], **rec["result"]})
+    table = pd.DataFrame(rows)
+    write_json(out / "table.json", table.to_dict(orient="records"))
+    atomic_write_text(out / "table.csv", table.to_csv(index=False))
+    return table

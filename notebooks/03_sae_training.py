@@ -1,0 +1,105 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Phase 3 — train SAEs for one configuration, one seed per run
+#
+# Batch mode runs this notebook once per seed (`husai run 03_sae_training --seeds 42,123,456`);
+# every seed of one configuration lands in the same folder, where phase 4 finds them.
+# Training is step-based (batches sampled from the cached activations, not epochs), with
+# lr warm-up and decay; every loss term is logged separately.
+#
+# Metric definitions (one each, `husai_core.metrics`): EV = 1 − Σ_d Var_d(x − x̂) / Σ_d Var_d(x);
+# L0 = mean number of non-zero latents per row; dead fraction = share of latents that never
+# fire over all cached rows (the window is stated in the table); MSE = mean over elements.
+
+# %% tags=["parameters"]
+profile = "interactive"
+run_dir = None
+artifacts_dir = None
+progress = True
+seed = 42
+layout = "default"
+hook = "blocks.0.hook_resid_post"
+transcoder_target = None
+architecture = "topk"
+d_sae = 1024
+k = 32
+steps = 2000
+batch_size = 1024
+lr = 3e-4
+sae_params = {}
+reuse_checkpoint = True
+
+# %%
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from husai_core.activations import load_cache
+from husai_core.experiments import sae_config, sae_dir, train_or_load_saes
+from husai_core.report import record_results
+from husai_core.runner import artifacts_dir as resolve_artifacts
+
+art = resolve_artifacts(profile, artifacts_dir)
+cache = load_cache(art / "activations" / layout)
+x = cache.get(hook)
+target = cache.get(transcoder_target) if transcoder_target else None
+cfg = sae_config(x.shape[1], {"architecture": architecture, "d_sae": d_sae, "k": k, "steps": steps,
+                              "batch_size": batch_size, "lr": lr, "transcoder": target is not None, **sae_params},
+                 d_out=target.shape[1] if target is not None else None)
+folder = sae_dir(art, layout, hook if target is None else f"{hook}->{transcoder_target}", cfg)
+(trained,) = train_or_load_saes(folder, cfg, x, [seed], x_target=target, reuse=reuse_checkpoint, progress=progress)
+print(f"{cfg.architecture} SAE, d_in {cfg.d_in} -> d_sae {cfg.d_sae}, {cfg.steps} steps of {cfg.batch_size} rows; "
+      f"seed {seed} saved in {trained.path}")
+
+# %% [markdown]
+# ## Loss terms during training
+# Each term is logged on its own; the total is what the optimiser sees.
+
+# %%
+hist = trained.history
+terms = [c for c in ("loss", "mse", "l1", "l0", "aux", "matryoshka") if c in hist and hist[c].abs().sum() > 0]
+fig = make_subplots(rows=1, cols=2, subplot_titles=("loss terms", "batch EV and dead fraction"))
+for term in terms:
+    fig.add_scatter(x=hist.tokens, y=hist[term], name=term, row=1, col=1)
+fig.add_scatter(x=hist.tokens, y=hist.ev, name="EV (batch)", row=1, col=2)
+fig.add_scatter(x=hist.tokens, y=hist.dead_fraction, name=f"dead fraction ({cfg.dead_tokens:,}-token window)", row=1, col=2)
+fig.update_yaxes(type="log", row=1, col=1)
+fig.update_xaxes(title_text="tokens seen")
+fig.update_layout(title=f"Seed {seed}: {cfg.architecture}, d_sae {cfg.d_sae}", height=400)
+fig.show()
+
+# %% [markdown]
+# ## Every seed of this configuration trained so far
+# Final metrics on all cached rows; the dead fraction uses all of them as its window.
+
+# %%
+rows = []
+for seed_dir in sorted(folder.glob("seed*/metrics.json")):
+    m = pd.read_json(seed_dir, typ="series")
+    rows.append({"seed": int(m["seed"]), "EV": m["ev"], "L0": m["l0"], "MSE": m["mse"],
+                 "dead fraction": m["dead_fraction"], "window (rows)": int(m["dead_window_tokens"])})
+per_seed = pd.DataFrame(rows).sort_values("seed").reset_index(drop=True)
+per_seed.round(4)
+
+# %%
+metrics = trained.metrics
+results_path = record_results(run_dir, {
+    "headline": {"seed": seed, "EV": metrics["ev"], "L0": metrics["l0"], "dead fraction": metrics["dead_fraction"],
+                 "MSE": metrics["mse"]},
+    "config": cfg.to_dict(), "config_id": folder.name, "checkpoint": str(trained.path),
+    "layout": layout, "hook": hook, "transcoder_target": transcoder_target, "metrics": metrics,
+}, notebook="03_sae_training")
