@@ -28,6 +28,10 @@ Decoder = torch.Tensor | np.ndarray
 # Elements per similarity chunk (32 MiB of float32): big enough that the matmul runs near
 # BLAS speed, small enough to stay far below memory limits for any realistic d_sae.
 CHUNK_ELEMENTS = 1 << 23
+# pwmcc_matrix multiplies one dictionary against several others at once (fewer, larger ops:
+# each torch op costs a thread synchronisation, which dominates for small dictionaries) but
+# keeps at least this many rows per chunk so the matmul stays efficient.
+MIN_CHUNK_ROWS = 256
 DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 
 
@@ -67,13 +71,13 @@ def _normalise(t: torch.Tensor) -> torch.Tensor:
     return t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def _unit_rows(t: torch.Tensor, name: str) -> torch.Tensor:
+def _unit_rows(t: torch.Tensor, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
     """Row-normalise, validating finiteness through the row norms: a NaN/inf entry makes its
     row norm non-finite, and checking d_sae norms is far cheaper than a full isfinite pass."""
     norms = t.norm(dim=1, keepdim=True)
     if not bool(torch.isfinite(norms).all()):
         raise HusaiError(f"{name} contains NaN or inf (or values too large for float32)")
-    return t / norms.clamp_min(1e-12)
+    return torch.div(t, norms.clamp_min(1e-12), out=out)
 
 
 def normalise_rows(dec: Decoder) -> torch.Tensor:
@@ -83,6 +87,12 @@ def normalise_rows(dec: Decoder) -> torch.Tensor:
 
 def _prepare(decs: Sequence[Decoder], names: Sequence[str], device) -> list[torch.Tensor]:
     """Validate, check a common d_in, move to one device and row-normalise (once each)."""
+    return _prepare_stacked(decs, names, device, stack=False)[0]
+
+
+def _prepare_stacked(decs, names, device, stack: bool = True) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """As ``_prepare``; with equal d_sae the unit rows are written into one contiguous
+    (n, d_sae, d_in) tensor (also returned) so consecutive dictionaries multiply at once."""
     dev = _device_of(*decs, device=device)
     mats = [_as_matrix(d, n, dev) for d, n in zip(decs, names)]
     d_in = mats[0].shape[1]
@@ -92,15 +102,23 @@ def _prepare(decs: Sequence[Decoder], names: Sequence[str], device) -> list[torc
                 f"dictionaries have different d_in: {names[0]} has d_in={d_in}, {n} has "
                 f"d_in={m.shape[1]} (decoders must be (d_sae, d_in) with the same d_in)"
             )
-    return [_unit_rows(m, n) for m, n in zip(mats, names)]
+    if stack and len({m.shape[0] for m in mats}) == 1:
+        out = torch.empty((len(mats), *mats[0].shape), device=dev)
+        return [_unit_rows(m, n, out=o) for m, n, o in zip(mats, names, out)], out
+    return [_unit_rows(m, n) for m, n in zip(mats, names)], None
 
 
-def _prepare_list(decoders: Sequence[Decoder], device, min_count: int = 2, what: str = "decoders"):
+def _check_list(decoders: Sequence[Decoder], min_count: int, what: str) -> list[Decoder]:
     if isinstance(decoders, (torch.Tensor, np.ndarray)) and decoders.ndim == 2:
         raise HusaiError(f"{what} must be a sequence of (d_sae, d_in) matrices, got a single matrix")
     decoders = list(decoders)
     if len(decoders) < min_count:
         raise HusaiError(f"need at least {min_count} dictionaries in {what}, got {len(decoders)}")
+    return decoders
+
+
+def _prepare_list(decoders: Sequence[Decoder], device, min_count: int = 2, what: str = "decoders") -> list[torch.Tensor]:
+    decoders = _check_list(decoders, min_count, what)
     return _prepare(decoders, [f"{what}[{i}]" for i in range(len(decoders))], device)
 
 
@@ -120,29 +138,46 @@ class _PairMaxima(NamedTuple):
     col_arg: torch.Tensor | None
 
 
+def _block_maxima(a: torch.Tensor, bs: torch.Tensor, chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """|cos| maxima of ``a`` (n_a, d) against m stacked dictionaries ``bs`` (m, n_b, d) in one
+    chunked pass: row maxima (n_a, m) and column maxima (m, n_b)."""
+    m, n_b, _ = bs.shape
+    n_a = a.shape[0]
+    chunk = _check_chunk(chunk_size, m * n_b, n_a)
+    row_max = torch.empty(n_a, m, device=a.device)
+    col_max = torch.zeros(m, n_b, device=a.device)  # |cos| >= 0, so 0 is a safe start
+    flat_t = bs.reshape(m * n_b, -1).T
+    buf = torch.empty(min(chunk, n_a), m * n_b, device=a.device)  # reused: fresh buffers cost page faults
+    for start in range(0, n_a, chunk):
+        stop = min(start + chunk, n_a)
+        sim = torch.mm(a[start:stop], flat_t, out=buf[: stop - start]).abs_()  # in place: no 2nd buffer
+        sim = sim.view(stop - start, m, n_b)
+        row_max[start:stop] = sim.amax(dim=2)
+        torch.maximum(col_max, sim.amax(dim=0), out=col_max)
+    return row_max, col_max
+
+
 def _pair_maxima(a: torch.Tensor, b: torch.Tensor, chunk_size: int | None, with_index: bool = False) -> _PairMaxima:
     """One chunked pass over |A B^T| keeping row maxima and running column maxima."""
+    if not with_index:
+        rows, cols = _block_maxima(a, b.unsqueeze(0), chunk_size)
+        return _PairMaxima(rows[:, 0], cols[0], None, None)
     n_a, n_b = a.shape[0], b.shape[0]
     chunk = _check_chunk(chunk_size, n_b, n_a)
     row_max = torch.empty(n_a, device=a.device)
     col_max = torch.zeros(n_b, device=a.device)  # |cos| >= 0, so 0 is a safe start
-    row_arg = torch.empty(n_a, dtype=torch.long, device=a.device) if with_index else None
-    col_arg = torch.zeros(n_b, dtype=torch.long, device=a.device) if with_index else None
+    row_arg = torch.empty(n_a, dtype=torch.long, device=a.device)
+    col_arg = torch.zeros(n_b, dtype=torch.long, device=a.device)
     bt = b.T
     buf = torch.empty(min(chunk, n_a), n_b, device=a.device)  # reused: a fresh 32 MiB per chunk costs page faults
     for start in range(0, n_a, chunk):
         stop = min(start + chunk, n_a)
         sim = torch.mm(a[start:stop], bt, out=buf[: stop - start]).abs_()  # in place: no second buffer
-        if with_index:
-            vals, idx = sim.max(dim=1)
-            row_max[start:stop], row_arg[start:stop] = vals, idx
-            cvals, cidx = sim.max(dim=0)
-            better = cvals > col_max  # strict: ties keep the earliest row, like argmax
-            col_max = torch.where(better, cvals, col_max)
-            col_arg = torch.where(better, cidx + start, col_arg)
-        else:
-            row_max[start:stop] = sim.amax(dim=1)
-            torch.maximum(col_max, sim.amax(dim=0), out=col_max)
+        row_max[start:stop], row_arg[start:stop] = sim.max(dim=1)
+        cvals, cidx = sim.max(dim=0)
+        better = cvals > col_max  # strict: ties keep the earliest row, like argmax
+        col_max = torch.where(better, cvals, col_max)
+        col_arg = torch.where(better, cidx + start, col_arg)
     return _PairMaxima(row_max, col_max, row_arg, col_arg)
 
 
@@ -166,13 +201,27 @@ def pwmcc(dec_a: Decoder, dec_b: Decoder, chunk_size: int | None = None,
 
 def pwmcc_matrix(decoders: Sequence[Decoder], chunk_size: int | None = None,
                  device: str | torch.device | None = None, progress: bool = False) -> np.ndarray:
-    """Symmetric ``(n, n)`` PWMCC over all pairs (diagonal 1); each dictionary is normalised once."""
-    mats = _prepare_list(decoders, device)
-    n = len(mats)
+    """Symmetric ``(n, n)`` PWMCC over all pairs (diagonal 1); each dictionary is normalised once.
+
+    With equal d_sae, dictionary i is compared with a group of the following dictionaries in
+    one pass (the group is sized so a chunk keeps >= MIN_CHUNK_ROWS rows); ``chunk_size``
+    then counts rows of dictionary i per chunk. Results equal the pairwise ``pwmcc``.
+    """
+    decoders = _check_list(decoders, 2, "decoders")
+    mats, stacked = _prepare_stacked(decoders, [f"decoders[{i}]" for i in range(len(decoders))], device)
+    n, d_sae = len(mats), mats[0].shape[0]
     out = np.eye(n)
-    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    for i, j in _maybe_tqdm(pairs, progress, "PWMCC pairs"):
-        out[i, j] = out[j, i] = _pwmcc_from(_pair_maxima(mats[i], mats[j], chunk_size))
+    if stacked is not None:
+        group = max(1, CHUNK_ELEMENTS // (MIN_CHUNK_ROWS * d_sae))
+        blocks = [(i, j, min(j + group, n)) for i in range(n) for j in range(i + 1, n, group)]
+    else:  # unequal widths cannot share one stacked matmul: plain pairwise passes
+        blocks = [(i, j, j + 1) for i in range(n) for j in range(i + 1, n)]
+    for i, j0, j1 in _maybe_tqdm(blocks, progress, "PWMCC blocks"):
+        others = stacked[j0:j1] if stacked is not None else mats[j0].unsqueeze(0)
+        rows, cols = _block_maxima(mats[i], others, chunk_size)
+        # float64 means: 16k float32 terms would otherwise lose ~1e-4 relative precision
+        vals = 0.5 * (rows.double().mean(dim=0) + cols.double().mean(dim=1)).cpu().numpy()
+        out[i, j0:j1] = out[j0:j1, i] = vals
     return out
 
 
@@ -323,21 +372,21 @@ def _required(min_fraction: float, n_others: int) -> int:
     return max(1, math.ceil(min_fraction * n_others - 1e-9))
 
 
-def _check_reference(reference: int | None, n: int) -> list[int]:
-    if reference is None:
+def _check_reference(reference: int | str | None, n: int) -> list[int]:
+    if reference is None or reference == "all":
         return list(range(n))
-    if int(reference) != reference or not -n <= reference < n:
-        raise HusaiError(f"reference index {reference!r} out of range for {n} dictionaries")
+    if isinstance(reference, str) or int(reference) != reference or not -n <= reference < n:
+        raise HusaiError(f"reference {reference!r} is not 'all' or an index into {n} dictionaries")
     return [int(reference) % n]
 
 
-def feature_stability(decoders: Sequence[Decoder], reference: int | None = 0, threshold: float = 0.7,
+def feature_stability(decoders: Sequence[Decoder], reference: int | str | None = 0, threshold: float = 0.7,
                       chunk_size: int | None = None, device: str | torch.device | None = None,
                       progress: bool = False) -> StabilityResult:
     """In how many other seeds each feature has a match (max |cos| >= threshold).
 
-    ``reference=k`` scores dictionary k only (n-1 passes); ``reference=None`` scores all of
-    them, reusing each pair's pass for both directions (n(n-1)/2 passes).
+    ``reference=k`` scores dictionary k only (n-1 passes); ``"all"`` (or None) scores
+    all of them, reusing each pair's pass for both directions (n(n-1)/2 passes).
     """
     threshold = _check_thresholds([threshold])[0]
     mats = _prepare_list(decoders, device)
@@ -404,6 +453,8 @@ def consensus_features(decoders: Sequence[Decoder], threshold: float = 0.7, min_
     """
     threshold = _check_thresholds([threshold])[0]
     mats = _prepare_list(decoders, device)
+    if reference is None or reference == "all":
+        raise HusaiError("reference must be one dictionary's index for consensus_features")
     ref = _check_reference(reference, len(mats))[0]
     idx, present, dirs, frac, need = _consensus(mats, ref, threshold, min_fraction, chunk_size)
     rand_frac = None

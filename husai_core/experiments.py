@@ -205,3 +205,204 @@ def trained_vs_random(
                 "feature_fraction": {str(t): float(sum(g.feature_fraction_above[t] for g in gts) / len(gts)) for t in thresholds},
             }
     return core
+
+
+# ---------------------------------------------------------------- sweeps of SAE configurations
+
+def train_point(spec: dict[str, Any]) -> dict[str, Any]:
+    """One sweep point: train (or load) the SAE of ``spec`` for ``spec['seed']``; return its metrics.
+
+    ``spec`` holds ``artifacts``, ``layout``, ``hook`` and SAEConfig fields (plus ``seed``).
+    Top-level and self-contained so a process-pool or Dask worker can run it.
+    """
+    from .activations import load_cache
+
+    spec = dict(spec)
+    art, layout, hook, seed = spec.pop("artifacts"), spec.pop("layout"), spec.pop("hook"), int(spec.pop("seed"))
+    x = load_cache(Path(art) / "activations" / layout).get(hook)
+    cfg = sae_config(x.shape[1], spec)
+    (res,) = train_or_load_saes(sae_dir(art, layout, hook, cfg), cfg, x, [seed])
+    return {"ev": res.metrics["ev"], "l0": res.metrics["l0"], "mse": res.metrics["mse"],
+            "dead_fraction": res.metrics["dead_fraction"], "checkpoint": str(res.path), "config_id": config_id(cfg)}
+
+
+def summarise_sweep(table: pd.DataFrame, by: list[str], n_resamples: int = 10_000, stats_seed: int = 0,
+                    alpha: float = 0.05) -> pd.DataFrame:
+    """One row per configuration: trained vs random PWMCC with CIs, ratio, LCB, and mean EV/L0/dead."""
+    rows = []
+    for key, group in table.groupby(by, sort=True):
+        group = group.sort_values("seed")
+        seeds = group.seed.astype(int).tolist()
+        decoders = [load_sae(path).W_dec.detach() for path in group.checkpoint]
+        s = consistency_summary(decoders, seeds, n_resamples, stats_seed, alpha)
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "n_seeds": len(seeds),
+                     "pwmcc": s["trained"]["mean"], "pwmcc_ci_low": s["trained"]["ci_low"],
+                     "pwmcc_ci_high": s["trained"]["ci_high"], "random": s["random"]["mean"],
+                     "random_ci_high": s["random"]["ci_high"], "ratio": s["ratio"], "difference": s["difference"],
+                     "lcb": s["lcb"], "permutation_p": s["permutation"]["p_value"], "verdict": s["verdict"]["label"],
+                     "ev": group.ev.mean(), "l0": group.l0.mean(), "dead_fraction": group.dead_fraction.mean()})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- phases 5-6: ablation sweeps and the frontier
+
+# Keys of a sweep point that say where the data live; everything else is an SAEConfig field.
+POINT_DATA_KEYS = ("artifacts", "layout", "hook")
+# The coefficient that sets the sparsity of the architectures without a k.
+CALIBRATED_COEFF = {"relu": "l1_coeff", "jumprelu": "l0_coeff"}
+
+
+def sweep_point_check(d_in: int):
+    """A ``check`` for ``sweep.expand_grid``: every point must be a valid SAEConfig for ``d_in``
+    (unknown names, k > d_sae, ... fail up front, before anything trains)."""
+    def check(config: dict[str, Any]) -> None:
+        sae_config(d_in, {k: v for k, v in config.items() if k not in POINT_DATA_KEYS})
+    return check
+
+
+def merge_points(*point_lists: list) -> list:
+    """Concatenate lists of sweep points, keeping the first of points that are the same
+    (configuration and seed): overlapping sweeps then train the shared points once."""
+    seen: dict[str, Any] = {}
+    for points in point_lists:
+        for p in points:
+            seen.setdefault(p.key, p)
+    return list(seen.values())
+
+
+def select_by_lcb(summary: pd.DataFrame, alpha: float = 0.05) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Pick the winner of one sweep; Holm-correct the permutation p-values across its conditions.
+
+    Rule: the configuration with the highest LCB (trained CI low - random CI high) among those
+    whose Holm-adjusted seed-level permutation p is <= ``alpha``; when none is, the highest LCB
+    overall, flagged ``significant=False``. Returns the summary with ``p_holm``, ``significant``
+    and ``selected`` columns, and a description of the selection (rule, correction, winner).
+    """
+    from .stats import holm
+
+    if summary.empty:
+        raise HusaiError("cannot select from an empty sweep summary")
+    out = summary.copy().reset_index(drop=True)
+    h = holm(out.permutation_p.to_numpy(), alpha=alpha)
+    out["p_holm"], out["significant"] = h.adjusted, h.reject
+    pool = out[out.significant] if out.significant.any() else out
+    best = int(pool.lcb.idxmax())
+    out["selected"] = out.index == best
+    return out, {
+        "rule": f"highest LCB among configurations with Holm-adjusted permutation p <= {alpha:g} "
+                f"(the highest LCB overall when none qualifies)",
+        "correction": "Holm", "n_conditions": int(len(out)), "alpha": float(alpha),
+        "significant": bool(out.significant[best]), "row": out.loc[best].to_dict(),
+    }
+
+
+def next_coefficient(trace: list[dict[str, float]], target: float, factor: float = 4.0) -> float:
+    """Next sparsity coefficient to try so that L0 reaches ``target`` (L0 falls as it grows).
+
+    ``trace`` holds ``{"coeff", "l0"}`` of the runs so far. Once one run is too dense and one
+    too sparse, interpolate log L0 linearly in log coeff between the closest two; until then,
+    step by ``factor`` (or by the secant through the last two runs, kept within [2, 30]x).
+    """
+    import math
+
+    def ll(t: dict) -> tuple[float, float]:
+        return math.log(t["coeff"]), math.log(max(t["l0"], 0.1))
+
+    lt = math.log(target)
+    dense = [t for t in trace if t["l0"] > target]
+    sparse = [t for t in trace if t["l0"] <= target]
+    if dense and sparse:
+        (c0, l0), (c1, l1) = ll(max(dense, key=lambda t: t["coeff"])), ll(min(sparse, key=lambda t: t["coeff"]))
+        if c1 <= c0 or l1 >= l0:  # noisy, non-monotone: bisect the bracket in log space
+            return math.exp((c0 + c1) / 2)
+        frac = min(max((lt - l0) / (l1 - l0), 0.1), 0.9)  # stay inside the bracket
+        return math.exp(c0 + frac * (c1 - c0))
+    last = ll(trace[-1])
+    step = math.log(factor)
+    if len(trace) >= 2:
+        (ca, la), (cb, lb) = ll(trace[-2]), last
+        if cb != ca and (lb - la) / (cb - ca) < 0:
+            step = min(max(abs((lt - lb) / ((lb - la) / (cb - ca))), math.log(2)), math.log(30))
+    return math.exp(last[0] + step if dense else last[0] - step)
+
+
+def calibrate_point(spec: dict[str, Any]) -> dict[str, Any]:
+    """Sweep point function: search the sparsity coefficient of a ReLU (``l1_coeff``) or
+    JumpReLU (``l0_coeff``) SAE so that its L0 lands near ``spec['target_l0']``, on one seed.
+
+    Every try is an ordinary ``train_point`` (its checkpoint is kept, so the final sweep reuses
+    the chosen one). Stops when L0 is within ``calibration_tol`` (relative) of the target or
+    after ``calibration_iters`` tries; returns the try closest to the target in log L0.
+    """
+    import math
+
+    spec = dict(spec)
+    target = float(spec.pop("target_l0"))
+    iters = int(spec.pop("calibration_iters", 6))
+    tol = float(spec.pop("calibration_tol", 0.1))
+    name = CALIBRATED_COEFF.get(str(spec.get("architecture")))
+    if name is None:
+        raise HusaiError(f"calibration is for {', '.join(CALIBRATED_COEFF)} SAEs, got {spec.get('architecture')!r}")
+    if target <= 0 or iters < 1:
+        raise HusaiError(f"calibration needs target_l0 > 0 and calibration_iters >= 1, got {target}, {iters}")
+    coeff = float(spec[name])
+    trace: list[dict[str, float]] = []
+    for _ in range(iters):
+        res = train_point({**spec, name: coeff})
+        trace.append({"coeff": coeff, "l0": res["l0"], "ev": res["ev"], "dead_fraction": res["dead_fraction"]})
+        if abs(math.log(max(res["l0"], 0.1) / target)) <= math.log1p(tol):
+            break
+        coeff = next_coefficient(trace, target)
+    best = min(trace, key=lambda t: abs(math.log(max(t["l0"], 0.1) / target)))
+    return {"coeff_name": name, "coeff": best["coeff"], "l0": best["l0"], "ev": best["ev"],
+            "target_l0": target, "n_tries": len(trace), "trace": trace}
+
+
+def jumprelu_scales(x: torch.Tensor, d_sae: int, k: int) -> dict[str, float]:
+    """JumpReLU threshold settings in the units of ``x`` (the published 1e-3 assume unit mean
+    squared norm; ours are raw activations, and a short run cannot move log-thresholds far).
+
+    At initialisation the encoder rows are random unit vectors, so a pre-activation is about
+    N(0, sigma^2) with sigma^2 = E||x - mean||^2 / d_in. The initial threshold is the
+    (1 - k/d_sae) quantile of that normal (L0 starts near k instead of d_sae/2); the bandwidth
+    of the straight-through kernel is ``0.1 * sigma`` (the published 1e-3 of a unit-norm scale,
+    which is ~sqrt(d_in)*sigma, would leave almost no rows inside the kernel).
+    """
+    from statistics import NormalDist
+
+    x = torch.as_tensor(x).double()
+    sigma = float(((x - x.mean(0)).pow(2).sum(1).mean() / x.shape[1]).sqrt())
+    q = NormalDist().inv_cdf(1.0 - min(max(k / d_sae, 1e-6), 0.5))
+    return {"jumprelu_init_threshold": max(q * sigma, 1e-6), "bandwidth": 0.1 * sigma, "sigma": sigma}
+
+
+def matched_fractions(decoders: list[torch.Tensor], thresholds: tuple[float, ...] = (0.5, 0.7)) -> dict[str, Any]:
+    """Hungarian matching (cost 1 - |cos|) of every seed pair: mean matched |cos| and the
+    fraction of features matched above each threshold, averaged over the pairs."""
+    from .consistency import hungarian_match
+
+    pairs = [(i, j) for i in range(len(decoders)) for j in range(i + 1, len(decoders))]
+    if not pairs:
+        raise HusaiError("matched_fractions needs at least 2 decoders")
+    matches = [hungarian_match(decoders[i], decoders[j], thresholds) for i, j in pairs]
+    return {"mean_similarity": float(sum(m.mean_similarity for m in matches) / len(matches)),
+            **{f"shared_{t:g}": float(sum(m.fraction_above[t] for m in matches) / len(matches)) for t in thresholds}}
+
+
+def frontier_summary(table: pd.DataFrame, by: str = "architecture", thresholds: tuple[float, ...] = (0.5, 0.7),
+                     n_resamples: int = 10_000, stats_seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+    """``summarise_sweep`` per architecture plus the shared-feature fractions (Hungarian) of the
+    trained seeds and of the Gaussian baseline (same shape, seeds disjoint from the trained)."""
+    from .consistency import disjoint_seeds, gaussian_decoders
+
+    summary = summarise_sweep(table, [by], n_resamples, stats_seed, alpha)
+    extra = []
+    for value in summary[by]:
+        group = table[table[by] == value].sort_values("seed")
+        seeds = group.seed.astype(int).tolist()
+        decoders = [load_sae(path).W_dec.detach() for path in group.checkpoint]
+        d_sae, d_in = decoders[0].shape
+        gauss = gaussian_decoders(len(seeds), d_sae, d_in, disjoint_seeds(seeds, len(seeds)), trained_seeds=seeds)
+        t, r = matched_fractions(decoders, thresholds), matched_fractions(gauss, thresholds)
+        extra.append({**{f"matched_{k}": v for k, v in t.items()}, **{f"random_matched_{k}": v for k, v in r.items()}})
+    return pd.concat([summary, pd.DataFrame(extra)], axis=1)

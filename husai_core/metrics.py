@@ -139,7 +139,7 @@ def evaluate_sae(sae: Any, x: Any, x_target: Any = None, batch_size: int = 4096)
     n = xs.shape[0]
     if n == 0:
         raise HusaiError("x has no rows")
-    dev = sae.dec_w.device
+    dev = sae.device
     d = ts.shape[-1]
     s_t = torch.zeros(d, dtype=torch.float64, device=dev)
     s_tt = torch.zeros(d, dtype=torch.float64, device=dev)

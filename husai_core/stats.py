@@ -85,6 +85,8 @@ def bootstrap_over_seeds(matrix, n_resamples: int = 10_000, seed: int = 0, ci: f
         with np.errstate(invalid="ignore", divide="ignore"):
             stats[start : start + len(s)] = tot / cnt  # 0/0 -> NaN for degenerate draws
     good = stats[np.isfinite(stats)]
+    if good.size == 0:
+        raise HusaiError(f"no bootstrap resample drew two distinct seeds; increase n_resamples (got {n_resamples})")
     alpha = (1.0 - ci) / 2.0
     lo, hi = np.percentile(good, [100 * alpha, 100 * (1 - alpha)])
     return BootstrapResult(float(pair_values(m).mean()), float(lo), float(hi), n, int(n_resamples),

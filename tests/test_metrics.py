@@ -62,7 +62,7 @@ class _Diag:
 
     n_stack = 1
     dtype = torch.float32
-    dec_w = torch.zeros(1)
+    device = torch.device("cpu")
 
     def encode(self, x):
         return torch.relu(x - 0.5)

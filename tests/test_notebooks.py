@@ -95,3 +95,40 @@ def test_nbval_reproduces_summary_cells(smoke_runs, tmp_path, name):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "passed" in proc.stdout
+
+
+def test_sae_phase_writes_one_checkpoint_per_seed(smoke_runs):
+    from husai_core.sae import load_sae
+
+    seeds = runner.pipeline_seeds("smoke")
+    runs = [smoke_runs["runs"][f"03_sae_training-seed{s}"] for s in seeds]
+    folders = {r.results["config_id"] for r in runs}
+    assert len(folders) == 1  # every seed of one configuration lands in the same folder
+    for r, s in zip(runs, seeds):
+        assert r.results["headline"]["seed"] == s and 0 < r.results["headline"]["L0"] <= 4 + 1e-6
+        sae = load_sae(r.results["checkpoint"])
+        assert sae.W_dec.shape == (64, 32)
+
+
+def test_trained_vs_random_report(smoke_runs):
+    res = smoke_runs["runs"]["04_trained_vs_random"].results
+    default = res["analyses"]["default"]
+    assert default["seeds"] == runner.pipeline_seeds("smoke")
+    assert set(default["random_seeds"]).isdisjoint(default["seeds"])
+    assert default["trained"]["ci_low"] <= default["trained"]["mean"] <= default["trained"]["ci_high"]
+    assert default["lcb"] == pytest.approx(default["trained"]["ci_low"] - default["random"]["ci_high"])
+    from husai_core.stats import ABSENT, INCONCLUSIVE, PRESENT
+
+    assert res["headline"]["verdict"] in {PRESENT, ABSENT, INCONCLUSIVE}
+    assert "legacy" in res["analyses"] and res["verdict"].startswith(res["headline"]["verdict"])
+    index = (smoke_runs["base"] / "reports" / "index.html").read_text()
+    assert "04_trained_vs_random.html" in index and res["headline"]["verdict"] in index
+
+
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+def test_sae_settings_agree_between_phases_3_and_4(profile):
+    shared = ("architecture", "d_sae", "k", "steps", "batch_size", "lr", "sae_params", "hook")
+    p3 = {**runner.notebook_parameters(runner.read_notebook(runner.resolve_notebook("03"))), **runner.load_profile("03_sae_training", profile)}
+    p4 = {**runner.notebook_parameters(runner.read_notebook(runner.resolve_notebook("04"))), **runner.load_profile("04_trained_vs_random", profile)}
+    assert {k: p3[k] for k in shared} == {k: p4[k] for k in shared}
+    assert p4["seeds"] == runner.pipeline_seeds(profile)

@@ -142,3 +142,18 @@ def test_stacked_forward_equals_individual_forwards():
         torch.testing.assert_close(out.loss[s], o.loss)
     for s, single in enumerate(stack.unstack()):
         torch.testing.assert_close(single.W_dec, singles[s].W_dec)
+
+
+@pytest.mark.parametrize("shape, k", [((64, 1024), 32), ((3, 40, 256), 8), ((10, 100), 7), ((5, 16), 3), ((2, 64), 64)])
+def test_topk_last_is_exact(shape, k):
+    from husai_core.sae.select import topk_last
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    v, i = topk_last(x, k)
+    assert v.shape == (*shape[:-1], k)
+    torch.testing.assert_close(x.gather(-1, i), v)  # indices point at the values
+    torch.testing.assert_close(v.sort(-1).values, x.topk(k).values.sort(-1).values)
+    ties = torch.zeros(4, 256)
+    ties[:, 5] = 1.0
+    v, i = topk_last(ties, 8)
+    assert (v.max(-1).values == 1).all() and (ties.gather(-1, i) == v).all()

@@ -73,6 +73,29 @@ def test_jumprelu_thresholds_move_and_l0_penalty_bites(planted):
     assert (pen.history.l0 > 0).all()
 
 
+def test_relu_l1_penalty_sparsifies(planted):
+    x, _ = planted
+    free = train_sae(small("relu", steps=100, l1_coeff=0.0), x, seed=0, device="cpu")
+    pen = train_sae(small("relu", steps=100, l1_coeff=0.05), x, seed=0, device="cpu")
+    assert pen.metrics["l0"] < 0.7 * free.metrics["l0"], (pen.metrics["l0"], free.metrics["l0"])
+    assert pen.history.l1.iloc[-1] < free.history.l1.iloc[-1]
+
+
+def test_matryoshka_prefix_reconstructs_on_its_own(planted):
+    x, _ = planted
+
+    @torch.no_grad()
+    def prefix_mse(sae, m):  # reconstruct with latents [0, m) only
+        z = sae.encode(x)
+        z[:, m:] = 0
+        return float((sae.decode(z) - x).pow(2).mean())
+
+    kw = dict(steps=150, matryoshka_prefixes=(8,))
+    plain = train_sae(small("topk", **kw), x, seed=0, device="cpu")
+    nested = train_sae(small("matryoshka", **kw), x, seed=0, device="cpu")
+    assert prefix_mse(nested.sae, 8) < 0.8 * prefix_mse(plain.sae, 8)
+
+
 @pytest.mark.parametrize("method, tol", [("quantile", 0.05), ("batch_min", 0.25)])
 def test_batchtopk_inference_l0_matches_k_after_calibration(planted, method, tol):
     x, _ = planted

@@ -21,6 +21,7 @@ from .config import ARCHITECTURES, SAEConfig
 from .jumprelu import JumpReLUSAE
 from .relu import ReLUSAE
 from .saelens import export_saelens, import_saelens
+from .synthetic import planted_dictionary
 from .topk import MatryoshkaSAE, TopKSAE
 from .trainer import TrainResult, choose_mode, lr_multiplier, probe_modes, train_sae, train_saes
 
@@ -30,5 +31,5 @@ __all__ = [
     "ARCHITECTURES", "SAE", "SAE_CLASSES", "BaseSAE", "BatchTopKSAE", "JumpReLUSAE", "MatryoshkaSAE",
     "ReLUSAE", "SAEConfig", "SAEOutput", "TopKSAE", "TrainResult", "build_sae", "choose_mode",
     "export_saelens", "geometric_median", "import_saelens", "load_sae", "lr_multiplier",
-    "probe_modes", "save_sae", "stack_saes", "train_sae", "train_saes",
+    "planted_dictionary", "probe_modes", "save_sae", "stack_saes", "train_sae", "train_saes",
 ]

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import HusaiError
 from .config import TOPK_FAMILY, SAEConfig
+from .select import topk_last
 from .sparse_ops import SparsePattern, sparse_decode, sparse_encode
 
 
@@ -242,7 +243,7 @@ class BaseSAE(nn.Module):
             ts = xs
         dead = self._dead_mask(dead_mask)
         terms = self._train_terms(xs, ts, dead, return_latents)
-        mse = (terms.x_hat - ts).pow(2).mean(dim=(1, 2))
+        mse = seed_mse(terms.x_hat, ts)
         cfg = self.cfg
         main = terms.matryoshka if cfg.architecture == "matryoshka" else mse
         loss = main
@@ -286,15 +287,15 @@ class BaseSAE(nn.Module):
         """Terms for architectures whose latents are a dense (S, B, d_sae) tensor."""
         if x_hat is None:
             x_hat = torch.baddbmm(self.dec_b.unsqueeze(1), acts, self.dec_w)
-        active = acts.detach() > 0
+        active = (acts.detach() > 0).to(self.dtype)  # float sums are much faster than bool ones
         return _Terms(
             x_hat=x_hat,
             latents=acts if want_latents else None,
-            l1=acts.abs().sum(-1).mean(1),
-            l0=active.sum(-1).to(self.dtype).mean(1),
+            l1=acts.sum(-1).mean(1),  # latents are non-negative, so this is the L1 norm
+            l0=active.sum(-1).mean(1),
             aux=self._zeros() if aux is None else aux,
             matryoshka=self._zeros(),
-            fired=active.sum(1),
+            fired=active.sum(1).long(),
         )
 
     def _aux_loss(self, pre: Tensor, xc: Tensor, ts: Tensor, x_hat: Tensor, dead: Tensor | None,
@@ -317,7 +318,7 @@ class BaseSAE(nn.Module):
         k_aux = min(self.cfg.k_aux, most)
         with torch.no_grad():
             masked = pre.detach().masked_fill(~dead.unsqueeze(1), -math.inf)
-            vals, idx = masked.topk(k_aux, dim=-1, sorted=False)
+            vals, idx = topk_last(masked, k_aux)
             valid = torch.isfinite(vals)  # a seed with fewer dead latents than k_aux
             vals = torch.where(valid, vals, torch.zeros_like(vals))
         pattern = SparsePattern(_global_idx(idx, d_sae), S * d_sae)
@@ -330,7 +331,7 @@ class BaseSAE(nn.Module):
         e_hat = sparse_decode(v, self.dec_w, pattern).view(S, B, -1)
         residual = (ts - x_hat).detach()
         scale = (n_dead.to(self.dtype) / self.cfg.k_aux).clamp(max=1.0)
-        return scale * (e_hat - residual).pow(2).mean(dim=(1, 2))
+        return scale * seed_mse(e_hat, residual)
 
     # ------------------------------------------------------------------ decoder norm upkeep
     @torch.no_grad()
@@ -340,16 +341,16 @@ class BaseSAE(nn.Module):
         With unit-norm rows that component only changes the row's norm, which the
         renormalisation after the step would undo anyway.
         """
-        g = self.dec_w.grad
+        g, w = self.dec_w.grad, self.dec_w
         if g is None:
             return
-        w = self.dec_w / self.dec_w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        g.sub_((g * w).sum(-1, keepdim=True) * w)
+        coef = torch.linalg.vecdot(g, w) / torch.linalg.vecdot(w, w).clamp_min(1e-24)
+        g.addcmul_(w, coef.unsqueeze(-1), value=-1.0)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Rescale every decoder row to unit norm (call after each optimiser step)."""
-        self.dec_w.div_(self.dec_w.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        self.dec_w.div_(torch.linalg.vector_norm(self.dec_w, dim=-1, keepdim=True).clamp_min_(1e-12))
 
     def after_step(self) -> None:
         """Per-step parameter upkeep beyond the decoder norm (subclasses override)."""
@@ -380,9 +381,18 @@ def stack_saes(saes: list[BaseSAE]) -> BaseSAE:
     return stacked
 
 
+def seed_mse(x_hat: Tensor, target: Tensor) -> Tensor:
+    """Per-seed mean squared error over all elements of (S, B, d) tensors → (S,)."""
+    if x_hat.shape[0] == 1:  # one fused op (forward and backward) in the common case
+        return torch.nn.functional.mse_loss(x_hat, target).reshape(1)
+    return torch.nn.functional.mse_loss(x_hat, target, reduction="none").mean(dim=(1, 2))
+
+
 def _global_idx(idx: Tensor, d_sae: int) -> Tensor:
     """Local latent indices (S, B, k) → rows of the flat (S*d_sae) table, shape (S*B, k)."""
     S, B, k = idx.shape
+    if S == 1:
+        return idx.reshape(B, k)
     offs = torch.arange(S, device=idx.device).mul_(d_sae).view(S, 1, 1)
     return (idx + offs).reshape(S * B, k)
 

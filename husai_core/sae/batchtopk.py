@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..errors import HusaiError
 from .base import BaseSAE, _Terms
+from .select import topk_last
 
 
 class BatchTopKSAE(BaseSAE):
@@ -34,7 +35,7 @@ class BatchTopKSAE(BaseSAE):
         S, B, d_sae = pre.shape
         flat = torch.relu(pre).reshape(S, B * d_sae)
         n_keep = min(self.cfg.k * B, B * d_sae)
-        idx = flat.detach().topk(n_keep, dim=-1, sorted=False).indices
+        idx = topk_last(flat.detach(), n_keep)[1]
         keep = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True)
         return (flat * keep).view(S, B, d_sae)
 
@@ -75,7 +76,7 @@ class BatchTopKSAE(BaseSAE):
             for lo in range(0, n, bs):
                 chunk = torch.relu(self.pre_activations(xs[:, lo : lo + bs])).flatten(1)
                 cand = chunk if best is None else torch.cat([best, chunk], 1)
-                best = cand.topk(min(keep, cand.shape[1]), dim=1, sorted=False).values
+                best = topk_last(cand, min(keep, cand.shape[1]))[0]
             theta = best.min(dim=1).values
         else:
             mins = []
@@ -83,7 +84,7 @@ class BatchTopKSAE(BaseSAE):
                 pre = self.pre_activations(xs[:, lo : lo + bs])
                 b = pre.shape[1]
                 flat = torch.relu(pre).flatten(1)
-                kept = flat.topk(min(self.cfg.k * b, flat.shape[1]), dim=1, sorted=False).values
+                kept = topk_last(flat, min(self.cfg.k * b, flat.shape[1]))[0]
                 mins.append(kept.min(dim=1).values * b)
             theta = torch.stack(mins, 0).sum(0) / n
         self.bt_threshold.copy_(theta.to(self.bt_threshold))

@@ -36,6 +36,10 @@ class SAEConfig:
       ``matryoshka`` mean of the prefix reconstructions' mse.
     ``loss = mse + l1_coeff*l1 (relu) + l0_coeff*l0 (jumprelu) + aux_coeff*aux (topk family)``;
     Matryoshka uses ``matryoshka`` in place of ``mse``.
+
+    JumpReLU's ``bandwidth`` and ``jumprelu_init_threshold`` are in activation units (the
+    published 1e-3 assumes activations scaled to unit mean squared norm); ``dead_tokens`` is
+    in tokens (rows), not steps.
     """
 
     architecture: str = "topk"

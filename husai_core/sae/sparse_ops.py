@@ -59,7 +59,10 @@ class SparsePattern:
         if self._by_latent is None:
             flat = self.flat
             _, perm = torch.sort(flat, stable=True)
-            rows = torch.div(perm, self.k, rounding_mode="floor")
+            if self.k & (self.k - 1) == 0:  # k a power of two: a shift beats int64 division
+                rows = perm >> (self.k.bit_length() - 1)
+            else:
+                rows = torch.div(perm, self.k, rounding_mode="floor")
             counts = torch.bincount(flat, minlength=self.n_latents)
             offsets = torch.zeros_like(counts)
             offsets[1:] = torch.cumsum(counts[:-1], 0)
@@ -73,7 +76,7 @@ class SparsePattern:
         is exactly an embedding_bag with one bag per latent.
         """
         perm, rows, offsets = self.by_latent()
-        psw = weights.reshape(-1)[perm].to(dense.dtype)
+        psw = weights.reshape(-1).index_select(0, perm).to(dense.dtype)
         return F.embedding_bag(rows, dense, offsets, mode="sum", per_sample_weights=psw)
 
     def gathered_dot(self, dense: Tensor, table: Tensor) -> Tensor:
@@ -122,7 +125,7 @@ class _SparseEncode(torch.autograd.Function):
         ctx.n_stack = n_stack
         ctx.save_for_backward(xc, w_enc)
         ctx.b_enc_shape = b_enc.shape
-        return values.clone()
+        return values.view_as(values)  # same numbers; only the backward differs
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -138,9 +141,11 @@ class _SparseEncode(torch.autograd.Function):
             if ctx.needs_input_grad[4]:
                 # pre = (x - b_in) @ W^T + b_enc, so d pre_j / d b_in = -W_j: only the summed
                 # per-latent gradient is needed, one small (1 x d_sae) @ (d_sae x d_in) product.
-                per_latent = flat.view(ctx.n_stack, 1, -1)
-                grad_b_in = -torch.bmm(per_latent, w_enc.view(ctx.n_stack, -1, w_enc.shape[-1]))
-                grad_b_in = grad_b_in.squeeze(1)
+                w = w_enc.view(ctx.n_stack, -1, w_enc.shape[-1])
+                if ctx.n_stack == 1:
+                    grad_b_in = -torch.mv(w[0].t(), flat).unsqueeze(0)
+                else:
+                    grad_b_in = -torch.bmm(flat.view(ctx.n_stack, 1, -1), w).squeeze(1)
         return None, None, grad_w, grad_b_enc, grad_b_in, None, None
 
 

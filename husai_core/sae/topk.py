@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import BaseSAE, _global_idx, _Terms
+from .base import BaseSAE, _global_idx, _Terms, seed_mse
+from .select import topk_last
 from .sparse_ops import SparsePattern, sparse_decode, sparse_encode
 
 
@@ -29,7 +30,7 @@ class TopKSAE(BaseSAE):
     architecture = "topk"
 
     def _activate(self, pre: Tensor) -> Tensor:
-        vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        vals, idx = topk_last(pre, self.cfg.k)
         return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
 
     # -- the training path -------------------------------------------------------------
@@ -39,13 +40,13 @@ class TopKSAE(BaseSAE):
         k, d_sae = self.cfg.k, self.cfg.d_sae
         if self.cfg.decode_impl == "dense":
             pre = self.pre_activations(xs)
-            vals, idx = pre.topk(k, dim=-1, sorted=False)
+            vals, idx = topk_last(pre, k)
             return pre, xs - self.input_bias.unsqueeze(1), _Active(idx, torch.relu(vals).reshape(S * B, k), None)
         with torch.no_grad():
             # b_in's gradient is produced by sparse_encode, so the graph is not needed here.
             xc = xs - self.input_bias.detach().unsqueeze(1)
             pre = torch.baddbmm(self.enc_b.detach().unsqueeze(1), xc, self.enc_w.detach().transpose(1, 2))
-            vals, idx = pre.topk(k, dim=-1, sorted=False)
+            vals, idx = topk_last(pre, k)
         pattern = SparsePattern(_global_idx(idx, d_sae), S * d_sae)
         v = sparse_encode(vals.reshape(S * B, k), xc.reshape(S * B, -1), self.enc_w, self.enc_b,
                           self.input_bias, pattern)
@@ -65,10 +66,10 @@ class TopKSAE(BaseSAE):
 
     def _active_terms(self, act: _Active, x_hat: Tensor, aux: Tensor, want_latents: bool) -> _Terms:
         S, B, k = act.idx.shape
-        vals = act.values.detach().view(S, B, k)
-        on = vals > 0
-        flat_idx = _global_idx(act.idx, self.cfg.d_sae).reshape(-1)
-        fired = torch.bincount(flat_idx, weights=on.reshape(-1).to(self.dtype), minlength=S * self.cfg.d_sae)
+        vals = act.values.detach()
+        on = (vals > 0).to(self.dtype)
+        flat_idx = act.pattern.flat if act.pattern is not None else _global_idx(act.idx, self.cfg.d_sae).reshape(-1)
+        fired = torch.bincount(flat_idx, weights=on.reshape(-1), minlength=S * self.cfg.d_sae)
         latents = None
         if want_latents:
             latents = torch.zeros(S, B, self.cfg.d_sae, device=vals.device, dtype=self.dtype)
@@ -76,8 +77,8 @@ class TopKSAE(BaseSAE):
         return _Terms(
             x_hat=x_hat,
             latents=latents,
-            l1=vals.sum(-1).mean(1),
-            l0=on.sum(-1).to(self.dtype).mean(1),
+            l1=vals.view(S, -1).sum(1) / B,
+            l0=on.view(S, -1).sum(1) / B,
             aux=aux,
             matryoshka=self._zeros(),
             fired=fired.view(S, -1).round().long(),
@@ -108,11 +109,11 @@ class MatryoshkaSAE(TopKSAE):
         for m in self.cfg.prefixes:
             if m >= self.cfg.d_sae:
                 x_hat = self._decode_active(act)
-                prefix_mse.append((x_hat - ts).pow(2).mean(dim=(1, 2)))
+                prefix_mse.append(seed_mse(x_hat, ts))
             else:
                 inside = (act.idx < m).reshape(S * B, k).to(act.values.dtype)
                 part = self._decode_active(act, act.values * inside)
-                prefix_mse.append((part - ts).pow(2).mean(dim=(1, 2)))
+                prefix_mse.append(seed_mse(part, ts))
         aux = self._aux_loss(pre, xc, ts, x_hat, dead, sparse_grad=act.pattern is not None)
         terms = self._active_terms(act, x_hat, aux, want_latents)
         return terms._replace(matryoshka=torch.stack(prefix_mse, 0).mean(0))

@@ -45,7 +45,8 @@ class TrainResult:
     ``history`` has one row per logged step (columns ``LOG_COLUMNS``; ``ev`` is on that
     step's batch, ``dead_fraction`` uses the ``dead_tokens`` window). ``metrics`` is
     ``evaluate_sae`` on all training rows plus ``dead_fraction_train`` (latents idle for
-    ``dead_tokens`` tokens at the end of training). ``info`` records seed, device, mode, time.
+    ``dead_tokens`` tokens at the end of training). ``info`` records seed, device, mode and
+    time (for seeds trained as one batched stack: the whole stack's time).
     """
 
     sae: BaseSAE
@@ -117,7 +118,7 @@ def _check_data(cfg: SAEConfig, x: Any, x_target: Any) -> tuple[Tensor, Tensor |
     return x, t
 
 
-def _make_optimizer(params: list[Tensor], cfg: SAEConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: list[Tensor], cfg: SAEConfig) -> torch.optim.Optimizer:
     try:  # fused Adam: one kernel per step on CPU and CUDA; deterministic on CPU
         return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, fused=True)
     except (RuntimeError, TypeError, ValueError):
@@ -132,6 +133,23 @@ def _batch_ev(t: Tensor, x_hat: Tensor) -> Tensor:
     return 1.0 - resid / total.clamp_min(1e-300)
 
 
+def train_step(sae: BaseSAE, opt: torch.optim.Optimizer, xb: Tensor, tb: Tensor | None,
+               since: Tensor) -> Any:
+    """One optimisation step on a batch ``xb`` (S, B, d_in); updates ``since`` (tokens since
+    each latent last fired, (S, d_sae)) in place and returns the forward's ``SAEOutput``."""
+    cfg = sae.cfg
+    dead = since >= cfg.dead_tokens if cfg.architecture in TOPK_FAMILY else None
+    out = sae(xb, tb, dead, return_latents=False)
+    out.loss.sum().backward()
+    sae.remove_parallel_grad()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sae.normalize_decoder()
+    sae.after_step()
+    since.add_(xb.shape[-2]).masked_fill_(out.fired.view(sae.n_stack, -1) > 0, 0)
+    return out
+
+
 def _fit(sae: BaseSAE, xd: Tensor, td: Tensor | None, seeds: list[int], progress: bool,
          desc: str, steps: int | None = None, log: bool = True) -> tuple[list[dict], Tensor, float]:
     """Train a (possibly stacked) SAE in place; returns log rows, tokens-since-fired, seconds."""
@@ -139,9 +157,8 @@ def _fit(sae: BaseSAE, xd: Tensor, td: Tensor | None, seeds: list[int], progress
     S, B, n = sae.n_stack, cfg.batch_size, xd.shape[0]
     steps = cfg.steps if steps is None else steps
     samplers = [_RowSampler(n, s) for s in seeds]
-    opt = _make_optimizer(list(sae.parameters()), cfg)
+    opt = make_optimizer(list(sae.parameters()), cfg)
     since = torch.zeros(S, cfg.d_sae, dtype=torch.long, device=xd.device)
-    uses_dead = cfg.architecture in TOPK_FAMILY
     rows: list[dict] = []
     sae.train()
     t0 = time.perf_counter()
@@ -153,15 +170,7 @@ def _fit(sae: BaseSAE, xd: Tensor, td: Tensor | None, seeds: list[int], progress
         idx = torch.stack([s.take(B) for s in samplers]).to(xd.device)
         xb = xd[idx]
         tb = td[idx] if td is not None else None
-        dead = since >= cfg.dead_tokens if uses_dead else None
-        out = sae(xb, tb, dead, return_latents=False)
-        out.loss.sum().backward()
-        sae.remove_parallel_grad()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sae.normalize_decoder()
-        sae.after_step()
-        since.add_(B).masked_fill_(out.fired.view(S, -1) > 0, 0)
+        out = train_step(sae, opt, xb, tb, since)
         if log and (step % cfg.log_every == 0 or step == steps - 1):
             with torch.no_grad():
                 ev = _batch_ev(tb if tb is not None else xb, out.x_hat.view(S, B, -1))
@@ -236,6 +245,8 @@ def train_saes(cfg: SAEConfig, x: Any, seeds: list[int], x_target: Any = None,
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise HusaiError("train_saes needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise HusaiError(f"train_saes: seeds must be distinct, got {seeds}")
     x, t = _check_data(cfg, x, x_target)
     dev = pick_device(device)
     if mode == "auto":
@@ -301,5 +312,5 @@ def choose_mode(cfg: SAEConfig, n_seeds: int, device: torch.device | str = "auto
     return _MODE_CACHE[key]
 
 
-__all__ = ["TrainResult", "train_sae", "train_saes", "choose_mode", "probe_modes", "lr_multiplier",
+__all__ = ["TrainResult", "train_sae", "train_saes", "train_step", "make_optimizer", "choose_mode", "probe_modes", "lr_multiplier",
            "max_stack_size", "LOG_COLUMNS"]

@@ -1,0 +1,200 @@
+"""Benchmark one SAE training step: ours (sparse-aware TopK) vs SAELens, plus the floor.
+
+Run:  .venv/bin/python benchmarks/sae_step.py            (writes benchmarks/results/sae_step.json)
+
+Methods, each a full training step on one fp32 batch of 4096 rows, all CPU threads:
+- ``ours_topk``: husai_core's TopK step as the trainer runs it (``trainer.train_step``: forward
+  with the AuxK dead mask, backward, decoder-gradient projection, fused Adam, decoder
+  renormalisation, dead-latent bookkeeping).
+- ``sae_lens_topk`` / ``sae_lens_standard``: SAELens's own ``SAETrainer._train_step`` on its
+  ``TopKTrainingSAE`` / ``StandardTrainingSAE`` (default configs): ``training_forward_pass``,
+  firing statistics, backward, grad-norm clipping, Adam, schedulers.
+- ``floor``: what any TopK SAE step must at least do: the dense encoder matmul + top-k
+  selection (forward only, no gradients, no update), with the same exact top-k routine our
+  step uses (``husai_core.sae.select.topk_last``); ``floor_torch_topk`` is the same with
+  ``torch.topk``, for reference.
+The methods are timed round-robin (one step each per round) so that load from other
+processes hits them alike; we report the median over rounds after warm-up. The seed-batched
+training probe (sequential vs batched, 4 seeds) is recorded too: it backs ``mode="auto"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+# On a shared machine the default OpenMP policy (threads spin while waiting) collapses as soon
+# as another process wants a core: every parallel op then waits for a descheduled spinner.
+# Passive waiting applies to every method alike; it must be set before torch starts OpenMP.
+# Pass --omp-wait-policy=default to measure with the runtime's default instead.
+if "--omp-wait-policy=default" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from husai_core.io import write_json  # noqa: E402
+from husai_core.sae import SAEConfig, build_sae, probe_modes  # noqa: E402
+from husai_core.sae.select import topk_last  # noqa: E402
+from husai_core.sae.trainer import make_optimizer, train_step  # noqa: E402
+
+SIZES = [(128, 1024, 32), (512, 4096, 64)]
+steps_order = ("ours_topk", "sae_lens_topk", "sae_lens_standard", "floor", "floor_torch_topk")
+BATCH = 4096
+
+
+def ours_step(d_in: int, d_sae: int, k: int, x: torch.Tensor):
+    cfg = SAEConfig(architecture="topk", d_in=d_in, d_sae=d_sae, k=k, batch_size=BATCH, lr=1e-4)
+    sae = build_sae(cfg, seed=0)
+    sae.init_biases_from_data(x)
+    opt = make_optimizer(list(sae.parameters()), cfg)
+    since = torch.zeros(1, d_sae, dtype=torch.long)
+    xb = x.unsqueeze(0)
+    return lambda: train_step(sae, opt, xb, None, since)
+
+
+def sae_lens_step(arch: str, d_in: int, d_sae: int, k: int, x: torch.Tensor):
+    from sae_lens import (StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE,
+                          TopKTrainingSAEConfig)
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    torch.manual_seed(0)
+    if arch == "topk":
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
+    else:
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae))
+    cfg = SAETrainerConfig(total_training_samples=BATCH * 10**6, train_batch_size_samples=BATCH, lr=1e-4,
+                           lr_end=1e-4)
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+    return lambda: trainer._train_step(sae=trainer.sae, sae_in=x)
+
+
+def floor_step(d_in: int, d_sae: int, k: int, x: torch.Tensor, select=topk_last):
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(d_sae, d_in, generator=g) / d_in**0.5
+    b = torch.zeros(d_sae)
+
+    def step():
+        with torch.no_grad():
+            pre = torch.addmm(b, x, W.t())
+            return select(pre, k)
+
+    return step
+
+
+def torch_topk(pre: torch.Tensor, k: int):
+    return pre.topk(k, dim=-1, sorted=False)
+
+
+def bench_size(d_in: int, d_sae: int, k: int, warmup: int, rounds: int) -> dict:
+    x = torch.randn(BATCH, d_in, generator=torch.Generator().manual_seed(1))
+    steps = {
+        "ours_topk": ours_step(d_in, d_sae, k, x),
+        "sae_lens_topk": sae_lens_step("topk", d_in, d_sae, k, x),
+        "sae_lens_standard": sae_lens_step("standard", d_in, d_sae, k, x),
+        "floor": floor_step(d_in, d_sae, k, x),
+        "floor_torch_topk": floor_step(d_in, d_sae, k, x, select=torch_topk),
+    }
+    for _ in range(warmup):
+        for fn in steps.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    res: dict = {"d_in": d_in, "d_sae": d_sae, "k": k, "batch": BATCH, "rounds": rounds, "warmup": warmup}
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        res[name] = {"median_s": med, "min_s": min(ts), "samples_per_s": BATCH / med,
+                     "samples_per_s_best": BATCH / min(ts)}
+    sps = {n: res[n]["samples_per_s"] for n in steps}
+    best = {n: res[n]["samples_per_s_best"] for n in steps}
+    res["ratios"] = {
+        "ours_over_sae_lens_topk": sps["ours_topk"] / sps["sae_lens_topk"],
+        "ours_over_sae_lens_standard": sps["ours_topk"] / sps["sae_lens_standard"],
+        "floor_over_ours": sps["floor"] / sps["ours_topk"],
+    }
+    res["ratios_from_best_times"] = {
+        "ours_over_sae_lens_topk": best["ours_topk"] / best["sae_lens_topk"],
+        "ours_over_sae_lens_standard": best["ours_topk"] / best["sae_lens_standard"],
+        "floor_over_ours": best["floor"] / best["ours_topk"],
+    }
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--probe-seeds", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    ap.add_argument("--omp-wait-policy", choices=["passive", "default"], default="passive",
+                    help="OpenMP wait policy (read at import; see the top of this file)")
+    ap.add_argument("--sizes", default="all", help="'all' or comma-separated indices into SIZES")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sae_step.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    sizes = SIZES if args.sizes == "all" else [SIZES[int(i)] for i in args.sizes.split(",")]
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    results = []
+    for d_in, d_sae, k in sizes:
+        r = bench_size(d_in, d_sae, k, args.warmup, args.rounds)
+        print(f"d_in={d_in} d_sae={d_sae} k={k}: " + ", ".join(
+            f"{n} {r[n]['samples_per_s']:.0f}/s" for n in steps_order)
+            + " | " + ", ".join(f"{n} {v:.2f}" for n, v in r["ratios"].items()), flush=True)
+        probe = probe_modes(SAEConfig(architecture="topk", d_in=d_in, d_sae=d_sae, k=k, batch_size=BATCH),
+                            args.probe_seeds, "cpu", steps=3)
+        r["seed_batching_probe"] = {
+            "n_seeds": probe["n_stack"],
+            "sequential_s_per_step_per_seed": probe["sequential"],
+            "batched_s_per_step_per_seed": probe["batched"],
+            "batched_speedup": probe["sequential"] / probe["batched"],
+        }
+        print(f"  seed batching x{probe['n_stack']}: speedup {r['seed_batching_probe']['batched_speedup']:.2f}", flush=True)
+        results.append(r)
+    out = {
+        "benchmark": "sae_step",
+        "description": "one fp32 training step, batch 4096; samples/s = 4096 / median step time",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "runtime default"),
+            "loadavg_at_start": load,
+            "loadavg_at_end": os.getloadavg() if load is not None else None,
+        },
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "sae_lens": version("sae-lens"), "husai": version("husai") if _has("husai") else None},
+        "targets": {"ours_over_sae_lens_topk": ">= 2.5", "floor_over_ours": "<= 1.5 (ours within 1.5x of floor)"},
+        "results": results,
+    }
+    write_json(args.out, out)
+    print(f"wrote {args.out}")
+
+
+def _has(dist: str) -> bool:
+    try:
+        version(dist)
+        return True
+    except Exception:
+        return False
+
+
+if __name__ == "__main__":
+    main()

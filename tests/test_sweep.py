@@ -1,0 +1,78 @@
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from husai_core.errors import HusaiError
+from husai_core.experiments import sae_config
+from husai_core.sweep import expand_grid, run_sweep
+from sweep_fns import record_call
+
+
+def calls(log):
+    return sorted(p.name.split("-")[0] + "-" + p.name.split("-")[1] for p in log.iterdir() if p.name != "allow")
+
+
+def test_grid_expansion_and_validation():
+    points = expand_grid({"d_sae": 128}, {"k": [4, 8]}, seeds=[1, 2])
+    assert [(p.config["k"], p.seed) for p in points] == [(4, 1), (4, 2), (8, 1), (8, 2)]
+    assert len({p.key for p in points}) == 4
+    with pytest.raises(HusaiError, match="grid entry 'k' is empty"):
+        expand_grid({}, {"k": []}, seeds=[1])
+    with pytest.raises(HusaiError, match="no seeds"):
+        expand_grid({}, {"k": [1]}, seeds=[])
+    check = lambda cfg: sae_config(16, {"d_sae": cfg["d_sae"], "k": cfg["k"]})  # noqa: E731
+    with pytest.raises(HusaiError, match=r"invalid sweep point \{'k': 256\}.*k=256 must be <= d_sae=128"):
+        expand_grid({"d_sae": 128}, {"k": [32, 256]}, seeds=[1], check=check)
+
+
+def test_sweep_table_and_resume_after_failure(tmp_path):
+    log = tmp_path / "log"
+    points = expand_grid({"log": str(log), "fail_on": [2, 1]}, {"x": [1, 2, 3]}, seeds=[0, 1])
+    with pytest.raises(RuntimeError, match="planned failure"):
+        run_sweep(record_call, points, tmp_path / "out", workers=1, progress=False)
+    assert calls(log) == ["1-0", "1-1", "2-0", "2-1"]  # sequential: stopped at the failing point
+    (log / "allow").touch()
+    table = run_sweep(record_call, points, tmp_path / "out", workers=1, progress=False)
+    second = calls(log)
+    redone = [c for c in set(second) if second.count(c) > 1]
+    assert redone == ["2-1"]  # only the failed point ran again
+    assert sorted(table.value) == sorted(x * 10 + s for x in (1, 2, 3) for s in (0, 1))
+    assert (tmp_path / "out" / "table.csv").is_file() and (tmp_path / "out" / "table.json").is_file()
+
+
+def test_process_pool_runs_every_point(tmp_path):
+    log = tmp_path / "log"
+    points = expand_grid({"log": str(log)}, {"x": [1, 2]}, seeds=[0, 1])
+    table = run_sweep(record_call, points, tmp_path / "out", workers=2, progress=False)
+    assert len(table) == 4
+    assert calls(log) == ["1-0", "1-1", "2-0", "2-1"]
+
+
+def test_killed_sweep_resumes_without_redoing_finished_points(tmp_path):
+    log, out = tmp_path / "log", tmp_path / "out"
+    script = f"""
+import sys; sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
+from husai_core.sweep import expand_grid, run_sweep
+from sweep_fns import record_call
+points = expand_grid({{"log": {str(log)!r}, "sleep": 0.4}}, {{"x": list(range(8))}}, seeds=[0])
+run_sweep(record_call, points, {str(out)!r}, workers=1, progress=False)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "points").glob("*.json"))) < 2:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p.name for p in (out / "points").glob("*.json")}
+    assert 2 <= len(finished) < 8
+    before = calls(log)
+    points = expand_grid({"log": str(log), "sleep": 0.4}, {"x": list(range(8))}, seeds=[0])
+    table = run_sweep(record_call, points, out, workers=1, progress=False)
+    assert len(table) == 8
+    after = calls(log)
+    done_before = {f"{x}-0" for x in range(8) if any(p.key + ".json" in finished for p in points if p.config["x"] == x)}
+    for c in done_before:
+        assert after.count(c) == before.count(c), f"finished point {c} was run again"
