@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("index", help="rebuild reports/index.html from the latest runs")
 
+    gate = sub.add_parser("gate", help="print a run's acceptance gates (its results.json or run folder)")
+    gate.add_argument("results", help="runs/<notebook>/<run>/results.json or the run folder")
+    gate.add_argument("--fail-on-gate-fail", action="store_true", help="exit with code 2 when a gate failed")
+
     show = sub.add_parser("params", help="list the notebooks, or one notebook's parameters and profile values")
     show.add_argument("notebook", nargs="?")
     show.add_argument("--profile", default="smoke")
@@ -65,6 +69,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         runner.run_main_job(args.profile, resume=args.resume)
     elif args.command == "index":
         print(report.build_index())
+    elif args.command == "gate":
+        from . import release
+
+        gates = release.load_gates(args.results)
+        print(release.format_gates(gates))
+        return release.gate_exit_code(gates, args.fail_on_gate_fail)
     elif args.command == "params":
         if not args.notebook:
             print("\n".join(runner.list_notebooks()))

@@ -270,13 +270,16 @@ def merge_points(*point_lists: list) -> list:
     return list(seen.values())
 
 
-def select_by_lcb(summary: pd.DataFrame, alpha: float = 0.05) -> tuple[pd.DataFrame, dict[str, Any]]:
+def select_by_lcb(summary: pd.DataFrame, alpha: float = 0.05,
+                  eligible: pd.Series | list[bool] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Pick the winner of one sweep; Holm-correct the permutation p-values across its conditions.
 
     Rule: the configuration with the highest LCB (trained CI low - random CI high) among those
     whose Holm-adjusted seed-level permutation p is <= ``alpha``; when none is, the highest LCB
-    overall, flagged ``significant=False``. Returns the summary with ``p_holm``, ``significant``
-    and ``selected`` columns, and a description of the selection (rule, correction, winner).
+    overall, flagged ``significant=False``. ``eligible`` (one bool per row, e.g. "L0 matches the
+    target") restricts the candidates; the correction still counts every condition tested.
+    Returns the summary with ``p_holm``, ``significant``, ``eligible`` and ``selected`` columns,
+    and a description of the selection (rule, correction, number of conditions, winner row).
     """
     from .stats import holm
 
@@ -285,14 +288,18 @@ def select_by_lcb(summary: pd.DataFrame, alpha: float = 0.05) -> tuple[pd.DataFr
     out = summary.copy().reset_index(drop=True)
     h = holm(out.permutation_p.to_numpy(), alpha=alpha)
     out["p_holm"], out["significant"] = h.adjusted, h.reject
-    pool = out[out.significant] if out.significant.any() else out
+    out["eligible"] = True if eligible is None else [bool(e) for e in eligible]
+    if len(out.eligible) != len(out):
+        raise HusaiError(f"eligible has {len(out.eligible)} entries for {len(out)} configurations")
+    pool = out[out.eligible] if out.eligible.any() else out
+    pool = pool[pool.significant] if pool.significant.any() else pool
     best = int(pool.lcb.idxmax())
     out["selected"] = out.index == best
     return out, {
-        "rule": f"highest LCB among configurations with Holm-adjusted permutation p <= {alpha:g} "
-                f"(the highest LCB overall when none qualifies)",
+        "rule": f"highest LCB among {'eligible ' if eligible is not None else ''}configurations with Holm-adjusted "
+                f"permutation p <= {alpha:g} (the highest LCB overall when none qualifies)",
         "correction": "Holm", "n_conditions": int(len(out)), "alpha": float(alpha),
-        "significant": bool(out.significant[best]), "row": out.loc[best].to_dict(),
+        "significant": bool(out.significant[best]), "eligible": bool(out.eligible[best]), "row": out.loc[best].to_dict(),
     }
 
 
@@ -301,7 +308,7 @@ def next_coefficient(trace: list[dict[str, float]], target: float, factor: float
 
     ``trace`` holds ``{"coeff", "l0"}`` of the runs so far. Once one run is too dense and one
     too sparse, interpolate log L0 linearly in log coeff between the closest two; until then,
-    step by ``factor`` (or by the secant through the last two runs, kept within [2, 30]x).
+    step by ``factor`` (or by the secant through the last two runs, kept within [2, 10]x).
     """
     import math
 
@@ -322,7 +329,7 @@ def next_coefficient(trace: list[dict[str, float]], target: float, factor: float
     if len(trace) >= 2:
         (ca, la), (cb, lb) = ll(trace[-2]), last
         if cb != ca and (lb - la) / (cb - ca) < 0:
-            step = min(max(abs((lt - lb) / ((lb - la) / (cb - ca))), math.log(2)), math.log(30))
+            step = min(max(abs((lt - lb) / ((lb - la) / (cb - ca))), math.log(2)), math.log(10))
     return math.exp(last[0] + step if dense else last[0] - step)
 
 
@@ -347,15 +354,23 @@ def calibrate_point(spec: dict[str, Any]) -> dict[str, Any]:
         raise HusaiError(f"calibration needs target_l0 > 0 and calibration_iters >= 1, got {target}, {iters}")
     coeff = float(spec[name])
     trace: list[dict[str, float]] = []
+    responsive = True
     for _ in range(iters):
         res = train_point({**spec, name: coeff})
         trace.append({"coeff": coeff, "l0": res["l0"], "ev": res["ev"], "dead_fraction": res["dead_fraction"]})
         if abs(math.log(max(res["l0"], 0.1) / target)) <= math.log1p(tol):
             break
+        if len(trace) >= 2 and abs(math.log(trace[-1]["coeff"] / trace[-2]["coeff"])) >= math.log(2) \
+                and abs(math.log(max(trace[-1]["l0"], 0.1) / max(trace[-2]["l0"], 0.1))) < 0.02:
+            # L0 did not move although the coefficient changed by 2x or more: within this
+            # training budget the coefficient does not control sparsity; stop rather than spin.
+            responsive = False
+            break
         coeff = next_coefficient(trace, target)
     best = min(trace, key=lambda t: abs(math.log(max(t["l0"], 0.1) / target)))
-    return {"coeff_name": name, "coeff": best["coeff"], "l0": best["l0"], "ev": best["ev"],
-            "target_l0": target, "n_tries": len(trace), "trace": trace}
+    return {"coeff_name": name, "coeff": best["coeff"], "l0": best["l0"], "ev": best["ev"], "target_l0": target,
+            "n_tries": len(trace), "within_tol": abs(math.log(max(best["l0"], 0.1) / target)) <= math.log1p(tol),
+            "responsive": responsive, "trace": trace}
 
 
 def jumprelu_scales(x: torch.Tensor, d_sae: int, k: int) -> dict[str, float]:

@@ -54,6 +54,7 @@ GRID_COLUMNS = ["layout", "hook", "architecture", "transcoder", "d_in", "d_sae",
 NOT_CACHED = "not cached — press Train"
 TRAINED_COLOUR, RANDOM_COLOUR = "#1f77b4", "#d62728"
 
+_NO_OPTIONS = [("—", 0)]  # a SelectionSlider cannot be empty: this placeholder is shown disabled
 _SEED_DIR = re.compile(r"seed(\d+)")
 _MEMO: dict[str, dict[str, Any]] = {}
 
@@ -270,7 +271,11 @@ def summary_row(summary: dict[str, Any]) -> dict[str, Any]:
 
 def summarise_grid(grid: pd.DataFrame, n_resamples: int = 10_000, stats_seed: int = 0, alpha: float = 0.05,
                    match_limit: int | None = DEFAULT_MATCH_LIMIT, persist: bool = True) -> pd.DataFrame:
-    """One summary row per grid configuration with at least 2 seeds (others cannot be compared)."""
+    """One summary row per grid configuration with at least 2 seeds (others cannot be compared).
+
+    ``permutation_p_holm`` is the seed-level permutation p Holm-adjusted over every row, the
+    p-value to quote for a configuration picked as the best of the table.
+    """
     rows = []
     for _, g in grid[grid.n_seeds >= 2].iterrows():
         s = config_summary(g.folder, g.seeds, n_resamples, stats_seed, alpha, match_limit, persist)
@@ -278,7 +283,12 @@ def summarise_grid(grid: pd.DataFrame, n_resamples: int = 10_000, stats_seed: in
                      "steps": g.steps, "batch_size": g.batch_size, "lr": g.lr, "seeds": g.seeds})
     table = pd.DataFrame(rows)
     if rows:
+        from .stats import holm
+
         table["sparsity"] = table["sparsity"].astype(object)
+        # picking a winner among many configurations is a multiple comparison: Holm over the table
+        table.insert(table.columns.get_loc("permutation_p") + 1, "permutation_p_holm",
+                     holm(table.permutation_p.astype(float).tolist(), alpha).adjusted)
     return table
 
 
@@ -348,6 +358,10 @@ class Explorer:
     with fewer than 2 seeds shows "not cached — press Train". Training uses ``train_params``
     (SAEConfig fields such as steps, batch_size, lr) plus the point, on the cached activations
     of (layout, hook). ``state`` and ``summary`` hold what was rendered last.
+
+    ``live=False`` keeps ``figure`` a plain ``go.Figure`` (updated the same way, not part of
+    ``widget``): for batch runs, where nobody interacts and a FigureWidget's saved widget state
+    (the whole plotly.js bundle, ~5 MB) would only bloat the executed notebook and its report.
     """
 
     def __init__(self, artifacts: str | Path, layout: str = "default", hook: str = "blocks.0.hook_resid_post",
@@ -357,7 +371,7 @@ class Explorer:
                  n_resamples: int = 10_000, stats_seed: int = 0, alpha: float = 0.05,
                  match_limit: int | None = DEFAULT_MATCH_LIMIT, persist: bool = True, device: str = "auto",
                  progress: bool = False, architecture: str | None = None, d_sae: int | None = None,
-                 k: float | None = None):
+                 k: float | None = None, live: bool = True):
         self.artifacts, self.layout, self.hook = Path(artifacts), layout, hook
         self.train_params = dict(train_params or {})
         unknown = sorted(set(self.train_params) - SAE_FIELDS)
@@ -378,8 +392,8 @@ class Explorer:
         self.grid = self._scan()
 
         self.architecture = W.Dropdown(description="architecture")
-        self.d_sae = W.SelectionSlider(options=[("—", None)], description="d_sae", continuous_update=False)
-        self.k = W.SelectionSlider(options=[("—", None)], description="k", continuous_update=False)
+        self.d_sae = W.SelectionSlider(options=_NO_OPTIONS, disabled=True, description="d_sae", continuous_update=False)
+        self.k = W.SelectionSlider(options=_NO_OPTIONS, disabled=True, description="k", continuous_update=False)
         self.variant = W.Dropdown(description="config", layout=W.Layout(width="60%"))
         self.seeds = W.Text(value=", ".join(str(int(s)) for s in seeds), description="train seeds")
         self.train_button = W.Button(description="Train", icon="play", button_style="primary",
@@ -387,10 +401,10 @@ class Explorer:
         self.train_progress = W.IntProgress(value=0, min=0, max=max(1, len(seeds)), description="trained")
         self.status = W.Label()
         self.summary_html = W.HTML()
-        self.figure = self._build_figure()
+        self.figure = self._build_figure(live)
         self.widget = W.VBox([W.HBox([self.architecture, self.variant]), W.HBox([self.d_sae, self.k]),
                               W.HBox([self.seeds, self.train_button, self.train_progress, self.status]),
-                              self.summary_html, self.figure])
+                              self.summary_html] + ([self.figure] if live else []))
 
         self.architecture.observe(self._on_architecture, names="value")
         self.d_sae.observe(self._on_point, names="value")
@@ -418,7 +432,7 @@ class Explorer:
         self.grid = self._scan()
         with self._hold():
             self._update_architectures()
-            self._update_sliders(self.d_sae.value, self.k.value)
+            self._update_sliders(*self._point()[1:])
             self._update_variants(self.variant.value)
         self.refresh()
         return self.grid
@@ -441,13 +455,14 @@ class Explorer:
         if g.empty:
             arch = self.train_params.get("architecture", "topk") if self.train_on_demand else None
             return arch, self.train_params.get("d_sae"), self.train_params.get(sparsity_field(arch)) if arch else None
-        row = g.loc[g.n_seeds.idxmax()]
+        # the most seeds; among equals the project's default architecture (TopK), then grid order
+        order = g.assign(_topk=g.architecture != "topk").sort_values(["n_seeds", "_topk"], ascending=[False, True],
+                                                                        kind="stable")
+        row = order.iloc[0]
         return row.architecture, int(row.d_sae), row.sparsity
 
     def _update_architectures(self) -> None:
-        archs = sorted(set(self.grid.architecture))
-        if self.train_on_demand:
-            archs = [a for a in ARCHITECTURES if a in archs] + [a for a in ARCHITECTURES if a not in archs]
+        archs = [a for a in ARCHITECTURES if self.train_on_demand or a in set(self.grid.architecture)]
         current = self.architecture.value
         self.architecture.options = archs
         self.architecture.value = current if current in archs else (archs[0] if archs else None)
@@ -464,9 +479,9 @@ class Explorer:
 
     @staticmethod
     def _set_options(slider: W.SelectionSlider, values: list[Any], value: Any) -> None:
-        slider.options = [(_label(v), v) for v in values] or [("—", None)]
+        slider.options = [(_label(v), v) for v in values] or _NO_OPTIONS
         slider.disabled = not values
-        slider.value = value if values else None
+        slider.value = value if values else _NO_OPTIONS[0][1]
 
     def _update_sliders(self, prefer_d: Any = None, prefer_s: Any = None, strict: bool = False) -> None:
         """Set the sliders' options for the chosen architecture and pick a point.
@@ -508,7 +523,9 @@ class Explorer:
         self.k.description = {"k": "k", "l1_coeff": "L1 coeff", "l0_coeff": "L0 coeff"}[field]
 
     def _point(self) -> tuple[str | None, int | None, Any]:
-        return self.architecture.value, self.d_sae.value, self.k.value
+        """(architecture, d_sae, sparsity); a disabled (empty) slider reads as None."""
+        return (self.architecture.value, None if self.d_sae.disabled else self.d_sae.value,
+                None if self.k.disabled else self.k.value)
 
     def _d_in(self) -> int:
         if not self.grid.empty:
@@ -568,13 +585,13 @@ class Explorer:
     def _keep_sparsity(self, old_arch: str | None, new_arch: str | None) -> Any:
         """The current k/coefficient if it means the same thing for the new architecture, else None."""
         same = old_arch and new_arch and sparsity_field(old_arch) == sparsity_field(new_arch)
-        return self.k.value if same else None
+        return self._point()[2] if same else None
 
     def _on_architecture(self, change: dict) -> None:
         if self._holding:
             return
         with self._hold():
-            self._update_sliders(self.d_sae.value, self._keep_sparsity(change["old"], change["new"]))
+            self._update_sliders(self._point()[1], self._keep_sparsity(change["old"], change["new"]))
             self._update_variants()
         self.refresh()
 
@@ -612,7 +629,7 @@ class Explorer:
                     arch = self.architecture.value  # keep what is on offer
                 self.architecture.value = arch
             keep = self._keep_sparsity(old, self.architecture.value)
-            self._update_sliders(d_sae if d_sae is not None else self.d_sae.value, k if k is not None else keep,
+            self._update_sliders(d_sae if d_sae is not None else self._point()[1], k if k is not None else keep,
                                  strict=strict and (d_sae is not None or k is not None))
             self._update_variants(config)
         return self.refresh()
@@ -642,6 +659,7 @@ class Explorer:
                                                                            self._variant_cfgs[cid])
             state.update(seeds_cached=cached, seeds_missing=[x for x in wanted if x not in cached], folder=str(folder))
             if len(cached) >= 2:
+                self.status.value = f"computing the summary of {cid} …"  # seconds for a large uncached one
                 try:
                     summary = config_summary(folder, cached, **self.stats)
                     state.update(status="cached", message=f"{cid}: {len(cached)} seeds, {summary['verdict']}")
@@ -694,8 +712,9 @@ class Explorer:
         if arch is None:
             raise HusaiError("train_point needs an architecture")
         field = sparsity_field(arch)
-        d = d_sae if d_sae is not None else self.d_sae.value
-        s = k if k is not None else (self.k.value if arch == self.architecture.value else self.train_params.get(field))
+        here = self._point()
+        d = d_sae if d_sae is not None else here[1]
+        s = k if k is not None else (here[2] if arch == here[0] else self.train_params.get(field))
         if d is None or s is None:
             raise HusaiError(f"train_point needs d_sae and {field} (got d_sae={d}, {field}={s})")
         cfg = self._config_for(arch, d, s)
@@ -723,7 +742,8 @@ class Explorer:
         self.refresh()
 
     # ------------------------------------------------------------ rendering
-    def _build_figure(self) -> go.FigureWidget:
+    @staticmethod
+    def _build_figure(live: bool) -> go.FigureWidget | go.Figure:
         fig = make_subplots(rows=2, cols=3, specs=[[{}, {}, {}], [{"colspan": 3}, None, None]],
                             subplot_titles=("PWMCC (95% CI over seeds)", "explained variance", "L0",
                                             "Hungarian-matched |cos| of one seed pair"),
@@ -738,7 +758,7 @@ class Explorer:
         fig.update_xaxes(range=[0, 1], title_text="|cos| of matched features", row=2, col=1)
         fig.update_yaxes(title_text="share of features", row=2, col=1)
         fig.update_layout(barmode="overlay", height=640, title="", legend=dict(orientation="h", y=-0.12))
-        return go.FigureWidget(fig)
+        return go.FigureWidget(fig) if live else fig
 
     def trace(self, name: str):
         """A figure trace by name (e.g. ``"trained PWMCC"``, ``"EV"``, ``"random matched |cos|"``)."""
@@ -761,9 +781,12 @@ class Explorer:
             l0.x, l0.y = labels, s["per_seed"]["l0"]
             self.trace("trained matched |cos|").x = match["trained"]["similarities"] if match else []
             self.trace("random matched |cos|").x = match["random"]["similarities"] if match else []
-            self.figure.layout.shapes = ()
-            if s["sparsity_name"] == "k":  # the target L0 of the TopK family
-                self.figure.add_hline(y=s["sparsity"], line_dash="dash", line_color="grey", row=1, col=3)
+            if s["sparsity_name"] == "k":  # the target L0 of the TopK family, dashed across the L0 panel
+                self.figure.layout.shapes = [dict(type="line", xref=f"{l0.xaxis} domain", yref=l0.yaxis, x0=0, x1=1,
+                                                  y0=s["sparsity"], y1=s["sparsity"],
+                                                  line=dict(dash="dash", color="grey"))]
+            else:
+                self.figure.layout.shapes = ()
             pair = (f"seeds {match['pair'][0]} vs {match['pair'][1]} (random: {match['random_pair'][0]} vs "
                     f"{match['random_pair'][1]})") if match else f"skipped: d_sae > {s.get('match_limit')}"
             self.figure.layout.annotations[3].text = f"Hungarian-matched |cos|, {pair}"

@@ -244,6 +244,9 @@ def run_notebook(
         "device": device_name(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     os.environ.setdefault("PLOTLY_RENDERER", "notebook")  # blank figures in HTML otherwise
+    # OpenMP threads that spin while waiting make torch ~10x slower whenever another process
+    # holds a core (measured on a shared 2-core machine); passive waiting costs little when idle.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ["HUSAI_PROGRESS"] = "0"
     start = time.perf_counter()
     error = None

@@ -27,9 +27,10 @@ def smoke_runs(tmp_path_factory):
     from husai_core import runner
 
     base = tmp_path_factory.mktemp("smoke")
-    old = {k: os.environ.get(k) for k in ("HUSAI_RUNS_DIR", "HUSAI_REPORTS_DIR", "PLOTLY_RENDERER")}
+    old = {k: os.environ.get(k) for k in ("HUSAI_RUNS_DIR", "HUSAI_REPORTS_DIR", "PLOTLY_RENDERER", "OMP_NUM_THREADS")}
+    # Smoke tensors are tiny: one thread per kernel beats two threads fighting over 2 cores.
     os.environ.update(HUSAI_RUNS_DIR=str(base / "runs"), HUSAI_REPORTS_DIR=str(base / "reports"),
-                      PLOTLY_RENDERER="notebook")
+                      PLOTLY_RENDERER="notebook", OMP_NUM_THREADS="1")
     try:
         results = {r.manifest["notebook"] + (f"-seed{r.manifest['seed']}" if r.manifest.get("seed") is not None else ""): r
                    for r in runner.run_main_job("smoke", echo=lambda *_: None)}

@@ -54,12 +54,14 @@ def test_sparse_encode_decode_match_dense_values_and_grads():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-def test_gathered_dot_fallback_matches():
+def test_gathered_dot_kernels_agree():
     g = torch.Generator().manual_seed(1)
     table, dense = torch.randn(10, 4, generator=g), torch.randn(5, 4, generator=g)
     idx = torch.randint(0, 10, (5, 3), generator=g)
     want = (table[idx] * dense[:, None, :]).sum(-1)
-    torch.testing.assert_close(SparsePattern(idx, 10).gathered_dot(dense, table), want)
+    pat = SparsePattern(idx, 10)
+    for fn in (pat.gathered_dot, pat._dot_sampled, pat._dot_bags, pat._dot_chunked):
+        torch.testing.assert_close(fn(dense, table), want)
 
 
 @pytest.mark.parametrize("arch", ["topk", "matryoshka"])

@@ -19,6 +19,8 @@ pattern's indices are already offset by ``s * d_sae`` so one flat table serves a
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -81,19 +83,39 @@ class SparsePattern:
 
     def gathered_dot(self, dense: Tensor, table: Tensor) -> Tensor:
         """``out[r, s] = <dense[r], table[idx[r, s]]>`` (a sampled dense-dense product)."""
-        offsets, offset2bag = self.bags()
+        if dense.device.type == "cpu":
+            try:  # on CPU the sampled-matmul kernel is about twice as fast as the bag kernel
+                return self._dot_sampled(dense, table)
+            except (RuntimeError, NotImplementedError):
+                pass
         try:
-            out = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                dense.contiguous(), table, self.flat, offsets, offset2bag, 0, -1
-            )
-            return out.view(self.n_rows, self.k)
-        except (RuntimeError, AttributeError):  # private op gone: a chunked public fallback
-            out = dense.new_empty(self.n_rows, self.k)
-            step = max(1, (1 << 22) // max(1, self.k * table.shape[1]))
-            for lo in range(0, self.n_rows, step):
-                rows = table[self.idx[lo : lo + step]]
-                out[lo : lo + step] = torch.bmm(rows, dense[lo : lo + step, :, None])[..., 0]
-            return out
+            return self._dot_bags(dense, table)
+        except (RuntimeError, AttributeError):  # private op gone or changed
+            return self._dot_chunked(dense, table)
+
+    def _dot_sampled(self, dense: Tensor, table: Tensor) -> Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            crow = torch.arange(0, self.n_rows * self.k + 1, self.k, device=dense.device)
+            pattern = torch.sparse_csr_tensor(crow, self.flat, dense.new_zeros(self.n_rows * self.k),
+                                              size=(self.n_rows, table.shape[0]))
+            out = torch.sparse.sampled_addmm(pattern, dense, table.t(), beta=0.0)
+        return out.values().view(self.n_rows, self.k)
+
+    def _dot_bags(self, dense: Tensor, table: Tensor) -> Tensor:
+        # the kernel behind embedding_bag's per_sample_weights gradient (CPU and CUDA)
+        offsets, offset2bag = self.bags()
+        out = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+            dense.contiguous(), table, self.flat, offsets, offset2bag, 0, -1)
+        return out.view(self.n_rows, self.k)
+
+    def _dot_chunked(self, dense: Tensor, table: Tensor) -> Tensor:
+        out = dense.new_empty(self.n_rows, self.k)
+        step = max(1, (1 << 22) // max(1, self.k * table.shape[1]))
+        for lo in range(0, self.n_rows, step):
+            rows = table[self.idx[lo : lo + step]]
+            out[lo : lo + step] = torch.bmm(rows, dense[lo : lo + step, :, None])[..., 0]
+        return out
 
 
 class _SparseDecode(torch.autograd.Function):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -35,6 +35,10 @@ from .config import TOPK_FAMILY, SAEConfig
 
 LOG_COLUMNS = ["seed", "step", "tokens", "lr", "loss", "mse", "l1", "l0", "aux", "matryoshka", "ev", "dead_fraction"]
 MODES = ("auto", "sequential", "batched")
+# Optional extra training term ``extra_loss(sae, step) -> scalar tensor`` (e.g. a consistency
+# regulariser of husai_core.objectives). It is added to the loss that is minimised and logged
+# in its own history column ``extra``; the ``loss`` column stays the SAE's own loss.
+ExtraLoss = Callable[[BaseSAE, int], Tensor]
 _MODE_CACHE: dict[tuple, tuple[str, dict[str, float]]] = {}
 
 
@@ -134,13 +138,14 @@ def _batch_ev(t: Tensor, x_hat: Tensor) -> Tensor:
 
 
 def train_step(sae: BaseSAE, opt: torch.optim.Optimizer, xb: Tensor, tb: Tensor | None,
-               since: Tensor) -> Any:
+               since: Tensor, extra: Tensor | None = None) -> Any:
     """One optimisation step on a batch ``xb`` (S, B, d_in); updates ``since`` (tokens since
-    each latent last fired, (S, d_sae)) in place and returns the forward's ``SAEOutput``."""
+    each latent last fired, (S, d_sae)) in place and returns the forward's ``SAEOutput``.
+    ``extra`` (a scalar computed from the SAE's parameters) is added to the minimised loss."""
     cfg = sae.cfg
     dead = since >= cfg.dead_tokens if cfg.architecture in TOPK_FAMILY else None
     out = sae(xb, tb, dead, return_latents=False)
-    out.loss.sum().backward()
+    (out.loss.sum() if extra is None else out.loss.sum() + extra).backward()
     sae.remove_parallel_grad()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -151,7 +156,8 @@ def train_step(sae: BaseSAE, opt: torch.optim.Optimizer, xb: Tensor, tb: Tensor 
 
 
 def _fit(sae: BaseSAE, xd: Tensor, td: Tensor | None, seeds: list[int], progress: bool,
-         desc: str, steps: int | None = None, log: bool = True) -> tuple[list[dict], Tensor, float]:
+         desc: str, steps: int | None = None, log: bool = True,
+         extra_loss: ExtraLoss | None = None) -> tuple[list[dict], Tensor, float]:
     """Train a (possibly stacked) SAE in place; returns log rows, tokens-since-fired, seconds."""
     cfg = sae.cfg
     S, B, n = sae.n_stack, cfg.batch_size, xd.shape[0]
@@ -170,7 +176,8 @@ def _fit(sae: BaseSAE, xd: Tensor, td: Tensor | None, seeds: list[int], progress
         idx = torch.stack([s.take(B) for s in samplers]).to(xd.device)
         xb = xd[idx]
         tb = td[idx] if td is not None else None
-        out = train_step(sae, opt, xb, tb, since)
+        extra = extra_loss(sae, step) if extra_loss is not None else None
+        out = train_step(sae, opt, xb, tb, since, extra)
         if log and (step % cfg.log_every == 0 or step == steps - 1):
             with torch.no_grad():
                 ev = _batch_ev(tb if tb is not None else xb, out.x_hat.view(S, B, -1))
@@ -180,6 +187,8 @@ def _fit(sae: BaseSAE, xd: Tensor, td: Tensor | None, seeds: list[int], progress
             for s, vals in zip(seeds, table):
                 rows.append({"seed": s, "step": step, "tokens": (step + 1) * B, "lr": lr,
                              **dict(zip(LOG_COLUMNS[4:], vals))})
+                if extra is not None:
+                    rows[-1]["extra"] = float(extra.detach())
             if progress:
                 bar.set_postfix(loss=f"{table[0][0]:.4g}", ev=f"{table[0][6]:.3f}", l0=f"{table[0][3]:.1f}")
     if xd.device.type == "cuda":
@@ -188,7 +197,7 @@ def _fit(sae: BaseSAE, xd: Tensor, td: Tensor | None, seeds: list[int], progress
 
 
 def _train_group(cfg: SAEConfig, x: Tensor, t: Tensor | None, seeds: list[int], device: torch.device,
-                 progress: bool, mode: str) -> list[TrainResult]:
+                 progress: bool, mode: str, extra_loss: ExtraLoss | None = None) -> list[TrainResult]:
     seed_everything(seeds[0])
     xd = x.to(device=device, dtype=torch.float32)
     td = t.to(device=device, dtype=torch.float32) if t is not None else None
@@ -199,13 +208,13 @@ def _train_group(cfg: SAEConfig, x: Tensor, t: Tensor | None, seeds: list[int], 
         singles.append(sae)
     sae = singles[0] if len(singles) == 1 else stack_saes(singles)
     desc = f"SAE {cfg.architecture} seed {seeds[0]}" if len(seeds) == 1 else f"SAE {cfg.architecture} x{len(seeds)} seeds"
-    rows, since, seconds = _fit(sae, xd, td, seeds, progress, desc)
+    rows, since, seconds = _fit(sae, xd, td, seeds, progress, desc, extra_loss=extra_loss)
     sae.eval()
     if isinstance(sae, BatchTopKSAE):
         with torch.no_grad():
             sae.calibrate(xd)
     trained = sae.unstack() if sae.n_stack > 1 else [sae]
-    history = pd.DataFrame(rows, columns=LOG_COLUMNS)
+    history = pd.DataFrame(rows, columns=LOG_COLUMNS + (["extra"] if extra_loss is not None else []))
     results = []
     for i, (s, single) in enumerate(zip(seeds, trained)):
         single.eval()
@@ -219,26 +228,29 @@ def _train_group(cfg: SAEConfig, x: Tensor, t: Tensor | None, seeds: list[int], 
 
 
 def train_sae(cfg: SAEConfig, x: Any, seed: int, x_target: Any = None, device: str | torch.device = "auto",
-              progress: bool = False) -> TrainResult:
+              progress: bool = False, extra_loss: ExtraLoss | None = None) -> TrainResult:
     """Train one SAE of ``cfg`` on activations ``x`` (rows, d_in) under ``seed``.
 
     ``x_target`` (rows, d_out) is required for transcoders and refused otherwise. The whole
     activation tensor is moved to ``device`` once (``"auto"``: CUDA when present). On CPU the
-    result is bit-for-bit reproducible for a given seed.
+    result is bit-for-bit reproducible for a given seed. ``extra_loss(sae, step)`` (optional)
+    is added to the minimised loss and logged as the history column ``extra``.
     """
     x, t = _check_data(cfg, x, x_target)
-    return _train_group(cfg, x, t, [seed], pick_device(device), progress, "sequential")[0]
+    return _train_group(cfg, x, t, [seed], pick_device(device), progress, "sequential", extra_loss)[0]
 
 
 def train_saes(cfg: SAEConfig, x: Any, seeds: list[int], x_target: Any = None,
                device: str | torch.device = "auto", progress: bool = False,
-               mode: str = "auto") -> list[TrainResult]:
+               mode: str = "auto", extra_loss: ExtraLoss | None = None) -> list[TrainResult]:
     """Train ``cfg`` once per seed; returns one ``TrainResult`` per seed, in order.
 
     ``mode``: ``"sequential"`` (one SAE at a time), ``"batched"`` (all seeds as one
     vectorised stack, in memory-bounded groups) or ``"auto"`` (time both for a few steps on
     this device and keep the faster; short runs skip the probe and follow the measured rule
     of thumb: batched on CUDA, sequential on CPU). ``info["mode"]`` records the choice.
+    ``extra_loss`` (see ``train_sae``) is called with one seed's SAE at a time, so it always
+    trains sequentially.
     """
     if mode not in MODES:
         raise HusaiError(f"mode must be one of {MODES}, got {mode!r}")
@@ -249,10 +261,12 @@ def train_saes(cfg: SAEConfig, x: Any, seeds: list[int], x_target: Any = None,
         raise HusaiError(f"train_saes: seeds must be distinct, got {seeds}")
     x, t = _check_data(cfg, x, x_target)
     dev = pick_device(device)
+    if extra_loss is not None:
+        mode = "sequential"
     if mode == "auto":
         mode = choose_mode(cfg, len(seeds), dev)[0]
     if mode == "sequential" or len(seeds) == 1:
-        return [_train_group(cfg, x, t, [s], dev, progress, "sequential")[0] for s in seeds]
+        return [_train_group(cfg, x, t, [s], dev, progress, "sequential", extra_loss)[0] for s in seeds]
     group = max_stack_size(cfg, dev)
     results: list[TrainResult] = []
     for lo in range(0, len(seeds), group):

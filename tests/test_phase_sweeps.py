@@ -1,0 +1,166 @@
+"""Phases 5 (k / d_sae ablations) and 6 (architecture frontier) on the smoke profile.
+
+The notebooks run through ``runner.run_notebook`` (papermill) on top of phases 1-2; the
+checks are on their ``results.json`` and on the resumable sweep folders they leave behind.
+"""
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from husai_core import runner
+from husai_core.errors import HusaiError
+from husai_core.experiments import next_coefficient, select_by_lcb
+from conftest import REPO
+
+ARCHITECTURES = {"relu", "topk", "batchtopk", "jumprelu", "matryoshka"}
+
+
+def smoke_params(notebook: str) -> dict:
+    return yaml.safe_load((REPO / "params" / "smoke" / f"{notebook}.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def phases(tmp_path_factory):
+    """Phases 1-2 (default layout only, to save time), then 05 and 06, in a private runs folder."""
+    base = tmp_path_factory.mktemp("phase_sweeps")
+    keys = ("HUSAI_RUNS_DIR", "HUSAI_REPORTS_DIR", "PLOTLY_RENDERER")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(HUSAI_RUNS_DIR=str(base / "runs"), HUSAI_REPORTS_DIR=str(base / "reports"),
+                      PLOTLY_RENDERER="notebook")
+    try:
+        runner.run_notebook("01_transformer", "smoke", {"compare_legacy": False}, render=False)
+        runner.run_notebook("02_activations", "smoke", {"layouts": ["default"]}, render=False)
+        ablations = runner.run_notebook("05_ablations", "smoke")
+        frontier = runner.run_notebook("06_frontier", "smoke")
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return {"base": base, "art": base / "runs" / "artifacts" / "smoke", "05": ablations, "06": frontier}
+
+
+@pytest.fixture
+def in_phase_runs(phases, monkeypatch):
+    monkeypatch.setenv("HUSAI_RUNS_DIR", str(phases["base"] / "runs"))
+    return phases
+
+
+# ---------------------------------------------------------------- phase 5
+
+def test_ablation_results_are_coherent(phases):
+    res, params = phases["05"].results, smoke_params("05_ablations")
+    head = res["headline"]
+    assert head["best k"] in params["k_grid"] and head["best d_sae"] in params["d_sae_grid"]
+    assert head["conditions"] == len(params["k_grid"]) + len(params["d_sae_grid"])
+    assert "Holm" in head["correction"] and res["selection"]["k"]["correction"] == "Holm"
+    for sweep, col, grid in (("k_sweep", "k", params["k_grid"]), ("d_sae_sweep", "d_sae", params["d_sae_grid"])):
+        rows = pd.DataFrame(res[sweep])
+        assert sorted(rows[col]) == sorted(grid)
+        assert (rows.ratio > 0).all() and (rows.random > 0).all()
+        assert ((rows.pwmcc_ci_low <= rows.pwmcc) & (rows.pwmcc <= rows.pwmcc_ci_high)).all()
+        assert ((0 < rows.ev) & (rows.ev <= 1)).all() and (rows.n_seeds == len(params["seeds"])).all()
+        assert (rows.p_holm >= rows.permutation_p - 1e-12).all()
+        assert rows.selected.sum() == 1
+        best = rows[rows.selected].iloc[0]
+        pool = rows[rows.significant] if rows.significant.any() else rows
+        assert best.lcb == pool.lcb.max()
+    k_best = pd.DataFrame(res["k_sweep"]).set_index("k").loc[head["best k"]]
+    assert head["best k ratio"] == pytest.approx(k_best.ratio) and head["best k EV"] == pytest.approx(k_best.ev)
+    d_rows = pd.DataFrame(res["d_sae_sweep"])
+    assert res["effective_rank"] > 0
+    assert d_rows.d_sae_over_rank.tolist() == pytest.approx((d_rows.d_sae / res["effective_rank"]).tolist())
+    assert f"best k = {head['best k']}" in res["verdict"]
+    html = (phases["05"].run_dir / "report.html").read_text()
+    assert html.count("Plotly.newPlot") >= 2
+
+
+def test_rerun_resumes_the_sweep_without_retraining(in_phase_runs):
+    first = in_phase_runs["05"].results
+    sweep = Path(first["sweep_dir"])
+    assert sweep.is_relative_to(in_phase_runs["art"])  # lives with the artifacts, so reruns find it
+    files = sorted(sweep.glob("points/*.json")) + sorted(Path(p["checkpoint"]) / "sae.safetensors" for p in first["points"])
+    params = smoke_params("05_ablations")
+    n_configs = len(params["k_grid"]) + len(params["d_sae_grid"]) - 1  # one configuration is in both sweeps
+    assert len(list(sweep.glob("points/*.json"))) == n_configs * len(params["seeds"])
+    before = {f: f.stat().st_mtime_ns for f in files}
+    again = runner.run_notebook("05_ablations", "smoke", render=False)
+    assert {f: f.stat().st_mtime_ns for f in files} == before  # nothing was retrained or rewritten
+    assert again.results["headline"] == first["headline"]
+
+
+@pytest.mark.parametrize("notebook,overrides,message", [
+    ("05_ablations", {"k_grid": []}, "sweep grid entry 'k' is empty"),
+    ("05_ablations", {"k_grid": [4, 256]}, r"invalid sweep point \{'k': 256\}: SAEConfig.k=256 must be <= d_sae=32"),
+    ("06_frontier", {"k": 64}, r"invalid sweep point \{'architecture': 'topk'\}: SAEConfig.k=64 must be <= d_sae=32"),
+])
+def test_bad_sweep_specs_fail_before_training(in_phase_runs, tmp_path, notebook, overrides, message):
+    with pytest.raises(HusaiError, match=message) as err:
+        runner.run_notebook(notebook, "smoke", {**overrides, "sweep_dir": str(tmp_path / "sweep")}, render=False)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "sweep").exists()  # rejected up front: no sweep folder, nothing trained
+
+
+# ---------------------------------------------------------------- phase 6
+
+def test_frontier_compares_all_architectures_at_reported_sparsity(phases):
+    res, params = phases["06"].results, smoke_params("06_frontier")
+    k = params["k"]
+    frontier = pd.DataFrame(res["frontier"]).set_index("architecture")
+    assert set(frontier.index) == ARCHITECTURES
+    assert (frontier.ratio > 0).all() and ((0 < frontier.ev) & (frontier.ev <= 1)).all()
+    assert (frontier.target_l0 == k).all()
+    assert frontier.l0_vs_target.tolist() == pytest.approx((frontier.l0 / k).tolist())
+    assert frontier.loc["topk", "l0"] <= k and frontier.loc["matryoshka", "l0"] <= k
+    for t in ("0.5", "0.7"):
+        assert frontier[f"matched_shared_{t}"].between(0, 1).all()
+    assert (frontier["matched_shared_0.7"] <= frontier["matched_shared_0.5"]).all()
+    # the sparsity of ReLU and JumpReLU was calibrated, and the chosen coefficient is what trained
+    points = pd.DataFrame(res["points"])
+    for arch, coeff in (("relu", "l1_coeff"), ("jumprelu", "l0_coeff")):
+        cal = res["calibration"][arch]
+        assert cal["coeff_name"] == coeff and cal["target_l0"] == k and 1 <= len(cal["trace"]) <= params["calibration_iters"]
+        assert cal["coeff"] in [t["coeff"] for t in cal["trace"]]
+        assert (points[points.architecture == arch][coeff] == cal["coeff"]).all()
+        assert frontier.loc[arch, "coefficient"] == cal["coeff"]
+    # headline: per-architecture numbers and the winner, which must be sparsity-matched when any is
+    head = res["headline"]
+    assert head["most consistent at matched sparsity"] in ARCHITECTURES
+    for arch in ARCHITECTURES:
+        row = frontier.loc[arch]
+        assert head[f"{arch} (PWMCC, ratio, EV, L0)"] == pytest.approx([row.pwmcc, row.ratio, row.ev, row.l0])
+    winner = frontier.loc[head["most consistent at matched sparsity"]]
+    assert winner.selected and (winner.eligible or not frontier.eligible.any())
+    assert frontier.eligible.tolist() == [abs(v - 1) <= 0.25 for v in frontier.l0_vs_target]
+    assert (phases["06"].run_dir / "report.html").read_text().count("Plotly.newPlot") >= 3
+
+
+# ---------------------------------------------------------------- selection and calibration rules
+
+def test_selection_prefers_significant_configurations_after_holm():
+    summary = pd.DataFrame({"k": [4, 8, 16], "lcb": [0.05, 0.30, 0.10], "permutation_p": [0.001, 0.2, 0.004]})
+    out, choice = select_by_lcb(summary, alpha=0.05)
+    assert out.p_holm.tolist() == pytest.approx([0.003, 0.2, 0.008])
+    assert choice["row"]["k"] == 16 and choice["significant"] and choice["n_conditions"] == 3
+    _, choice = select_by_lcb(summary, alpha=0.05, eligible=[True, True, False])
+    assert choice["row"]["k"] == 4  # 16 is not eligible; 8 is not significant
+    _, choice = select_by_lcb(summary.assign(permutation_p=0.5), alpha=0.05)
+    assert choice["row"]["k"] == 8 and not choice["significant"]
+    with pytest.raises(HusaiError, match="empty"):
+        select_by_lcb(summary.iloc[:0])
+
+
+def test_next_coefficient_brackets_then_interpolates():
+    assert next_coefficient([{"coeff": 1.0, "l0": 100.0}], target=10) == pytest.approx(4.0)  # too dense: step up
+    assert next_coefficient([{"coeff": 1.0, "l0": 2.0}], target=10) == pytest.approx(0.25)  # too sparse: step down
+    # bracketed: log-log interpolation between the closest tries, strictly inside the bracket
+    c = next_coefficient([{"coeff": 1.0, "l0": 100.0}, {"coeff": 100.0, "l0": 1.0}], target=10)
+    assert c == pytest.approx(10.0)
+    c = next_coefficient([{"coeff": 1.0, "l0": 100.0}, {"coeff": 2.0, "l0": 99.0}, {"coeff": 100.0, "l0": 1.0},
+                          {"coeff": 50.0, "l0": 9.9}], target=10)
+    assert 2.0 < c < 50.0
