@@ -10,10 +10,14 @@ The library is organised by concept; each module can be read top to bottom:
 - ``metrics``      reconstruction metrics (EV, L0, dead fraction, MSE)
 - ``consistency``  PWMCC, random baselines, Hungarian matching, stability
 - ``stats``        seed-level bootstrap, tests, LCB, Holm
-- ``experiments``  phase-level analyses used by the notebooks
-- ``sweep``        resumable seeds x configurations sweeps
+- ``experiments``  phase-level analyses used by the notebooks (SAE storage, trained vs random)
+- ``sweep``        resumable seeds x configurations sweeps (process pool or Dask)
+- ``objectives``   consistency regularisers (decoder alignment, Hungarian-matched)
+- ``release``      selection rules and acceptance gates
+- ``explorer``     the widget explorer over the cached sweep grid
 - ``runner``       papermill execution, params profiles, manifests
 - ``report``       HTML rendering and the report index
+- ``cli``          the ``husai`` command
 """
 
 __version__ = "0.1.0"

@@ -248,8 +248,10 @@ def summarise_sweep(table: pd.DataFrame, by: list[str], n_resamples: int = 10_00
 
 # Keys of a sweep point that say where the data live; everything else is an SAEConfig field.
 POINT_DATA_KEYS = ("artifacts", "layout", "hook")
-# The coefficient that sets the sparsity of the architectures without a k.
+# The coefficient that sets the sparsity of the architectures without a k (the default knob a
+# calibration moves), and every knob it may move instead (each lowers L0 as it grows).
 CALIBRATED_COEFF = {"relu": "l1_coeff", "jumprelu": "l0_coeff"}
+CALIBRATION_KNOBS = {"relu": ("l1_coeff",), "jumprelu": ("l0_coeff", "jumprelu_init_threshold")}
 
 
 def sweep_point_check(d_in: int):
@@ -288,9 +290,10 @@ def select_by_lcb(summary: pd.DataFrame, alpha: float = 0.05,
     out = summary.copy().reset_index(drop=True)
     h = holm(out.permutation_p.to_numpy(), alpha=alpha)
     out["p_holm"], out["significant"] = h.adjusted, h.reject
-    out["eligible"] = True if eligible is None else [bool(e) for e in eligible]
-    if len(out.eligible) != len(out):
-        raise HusaiError(f"eligible has {len(out.eligible)} entries for {len(out)} configurations")
+    flags = [True] * len(out) if eligible is None else [bool(e) for e in eligible]
+    if len(flags) != len(out):
+        raise HusaiError(f"eligible has {len(flags)} entries for {len(out)} configurations")
+    out["eligible"] = flags
     pool = out[out.eligible] if out.eligible.any() else out
     pool = pool[pool.significant] if pool.significant.any() else pool
     best = int(pool.lcb.idxmax())
@@ -336,6 +339,9 @@ def next_coefficient(trace: list[dict[str, float]], target: float, factor: float
 def calibrate_point(spec: dict[str, Any]) -> dict[str, Any]:
     """Sweep point function: search the sparsity coefficient of a ReLU (``l1_coeff``) or
     JumpReLU (``l0_coeff``) SAE so that its L0 lands near ``spec['target_l0']``, on one seed.
+    ``spec['calibrate']`` may name another knob of ``CALIBRATION_KNOBS`` (JumpReLU's
+    ``jumprelu_init_threshold``: in a short run Adam moves log-thresholds by at most about
+    ``lr`` per step, so the initial threshold, not the L0 coefficient, decides L0).
 
     Every try is an ordinary ``train_point`` (its checkpoint is kept, so the final sweep reuses
     the chosen one). Stops when L0 is within ``calibration_tol`` (relative) of the target or
@@ -347,9 +353,12 @@ def calibrate_point(spec: dict[str, Any]) -> dict[str, Any]:
     target = float(spec.pop("target_l0"))
     iters = int(spec.pop("calibration_iters", 6))
     tol = float(spec.pop("calibration_tol", 0.1))
-    name = CALIBRATED_COEFF.get(str(spec.get("architecture")))
-    if name is None:
-        raise HusaiError(f"calibration is for {', '.join(CALIBRATED_COEFF)} SAEs, got {spec.get('architecture')!r}")
+    arch = str(spec.get("architecture"))
+    if arch not in CALIBRATION_KNOBS:
+        raise HusaiError(f"calibration is for {', '.join(CALIBRATION_KNOBS)} SAEs, got {spec.get('architecture')!r}")
+    name = spec.pop("calibrate", None) or CALIBRATED_COEFF[arch]
+    if name not in CALIBRATION_KNOBS[arch]:
+        raise HusaiError(f"cannot calibrate {name!r} of a {arch} SAE; choose one of {', '.join(CALIBRATION_KNOBS[arch])}")
     if target <= 0 or iters < 1:
         raise HusaiError(f"calibration needs target_l0 > 0 and calibration_iters >= 1, got {target}, {iters}")
     coeff = float(spec[name])

@@ -12,6 +12,9 @@ differentiable with respect to the training decoder:
   re-solved every ``resolve_every`` steps and cached in between (it changes slowly, and a
   solve costs far more than a training step for large dictionaries).
 
+Both are multiplied by ``scale`` (in training: the activations' mean per-element variance) so
+that lambda is dimensionless, relative to the reconstruction loss (see ``DecoderAlignment``).
+
 An objective is a callable ``objective(sae, step) -> scalar tensor``; the trainer adds it to
 the loss (``train_sae(..., extra_loss=objective)``) and logs it as the history column
 ``extra``. ``train_regularised_point`` is the sweep-point form (see ``husai_core.sweep``):
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -80,17 +84,27 @@ def reference_hash(reference: Any) -> str:
 
 @dataclass
 class DecoderAlignment:
-    """``lam * (1 - mean over training features of the best |cos| to any reference feature)``."""
+    """``lam * scale * (1 - mean over training features of the best |cos| to any reference feature)``.
+
+    ``scale`` puts the penalty in the units of the reconstruction loss: the SAE's MSE is in
+    squared activation units, so ``train_regularised_point`` passes the mean per-element
+    variance of the activations (the MSE of predicting the mean). ``lam`` is then
+    dimensionless: ``lam = 0.1`` weighs a fully misaligned dictionary like 10% of the variance
+    left unexplained, whatever the activations' scale.
+    """
 
     reference: Tensor
     lam: float
+    scale: float = 1.0
     kind: ClassVar[str] = "alignment"
 
     def __post_init__(self) -> None:
         self.reference = _check_reference(self.reference)
         if not float(self.lam) >= 0:
             raise HusaiError(f"lambda of the {self.kind} objective must be >= 0, got {self.lam!r}")
-        self.lam = float(self.lam)
+        if not float(self.scale) > 0 or math.isinf(float(self.scale)):
+            raise HusaiError(f"scale of the {self.kind} objective must be a positive number, got {self.scale!r}")
+        self.lam, self.scale = float(self.lam), float(self.scale)
 
     def _ref_for(self, dec: Tensor) -> Tensor:
         if dec.shape[-1] != self.reference.shape[1]:
@@ -107,21 +121,22 @@ class DecoderAlignment:
         return 1.0 - sims.max(dim=1).values.mean()
 
     def __call__(self, target: Any, step: int) -> Tensor:
-        return self.lam * self.penalty(target, step)
+        return (self.lam * self.scale) * self.penalty(target, step)
 
     def fresh(self) -> "DecoderAlignment":
         """A copy with no training state (one per seed)."""
         return dataclasses.replace(self)
 
     def describe(self) -> dict[str, Any]:
-        return {"objective": self.kind, "lam": self.lam, "reference_sha": reference_hash(self.reference)}
+        return {"objective": self.kind, "lam": self.lam, "scale": self.scale, "reference_sha": reference_hash(self.reference)}
 
 
 @dataclass
 class AssignmentAlignment(DecoderAlignment):
     """``lam * (1 - mean |cos| of Hungarian-matched pairs)``; the matching (cost ``1 - |cos|``)
     is re-solved when ``step`` is ``resolve_every`` or more past the last solve, else reused.
-    ``n_solves`` counts the solves."""
+    ``n_solves`` counts the solves. With dictionaries of different sizes only min(d_sae, d_ref)
+    pairs are matched; the extra features of the larger one are not penalised."""
 
     resolve_every: int = 50
     kind: ClassVar[str] = "assignment"
@@ -167,18 +182,18 @@ class AssignmentAlignment(DecoderAlignment):
         return 1.0 - sims.mean()
 
     def fresh(self) -> "AssignmentAlignment":
-        return AssignmentAlignment(self.reference, self.lam, self.resolve_every)
+        return AssignmentAlignment(self.reference, self.lam, scale=self.scale, resolve_every=self.resolve_every)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "resolve_every": self.resolve_every}
 
 
-def make_objective(kind: str, reference: Any, lam: float, resolve_every: int = 50) -> DecoderAlignment:
+def make_objective(kind: str, reference: Any, lam: float, resolve_every: int = 50, scale: float = 1.0) -> DecoderAlignment:
     """``"alignment"`` -> DecoderAlignment, ``"assignment"`` -> AssignmentAlignment."""
     if kind == "alignment":
-        return DecoderAlignment(reference, lam)
+        return DecoderAlignment(reference, lam, scale=scale)
     if kind == "assignment":
-        return AssignmentAlignment(reference, lam, resolve_every)
+        return AssignmentAlignment(reference, lam, scale=scale, resolve_every=resolve_every)
     raise HusaiError(f"unknown consistency objective {kind!r}; choose one of {', '.join(OBJECTIVES)}")
 
 
@@ -276,7 +291,9 @@ def train_regularised_point(spec: dict[str, Any]) -> dict[str, Any]:
             raise HusaiError(f"objective {kind!r} with lambda {lam:g} needs a reference SAE checkpoint")
         art, layout, hook, seed = spec.pop("artifacts"), spec.pop("layout"), spec.pop("hook"), int(spec.pop("seed"))
         x = load_cache(Path(art) / "activations" / layout).get(hook)
-        objective = make_objective(kind, reference, lam, resolve_every)
+        # penalty in MSE units: times the mean per-element variance of the activations
+        scale = float(x.double().var(dim=0, unbiased=False).mean())
+        objective = make_objective(kind, reference, lam, resolve_every, scale=max(scale, 1e-12))
         extra = {**spec.pop("extra", {}), "objective": objective.describe()}
         cfg = sae_config(x.shape[1], {**spec, "extra": extra})
         (r,) = train_or_load_regularised(sae_dir(art, layout, hook, cfg), cfg, x, [seed], objective)

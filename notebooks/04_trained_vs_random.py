@@ -109,8 +109,9 @@ for name, colour in (("trained", "#1f77b4"), ("random", "#d62728"), ("untrained"
         [v for i, row in enumerate(res["untrained_matrix"]) for j, v in enumerate(row) if j > i]
     fig.add_box(y=values, name=name, boxpoints="all", marker_color=colour, row=1, col=1)
 labels = [str(s) for s in seeds]
-fig.add_heatmap(z=res["trained_matrix"], x=labels, y=labels, colorscale="Viridis", zmin=0, zmax=1,
-                colorbar=dict(x=1.0, title="PWMCC"), row=1, col=2)
+off_diag = [[None if i == j else v for j, v in enumerate(row)] for i, row in enumerate(res["trained_matrix"])]
+fig.add_heatmap(z=off_diag, x=labels, y=labels, colorscale="Viridis", colorbar=dict(x=1.0, title="PWMCC"),
+                row=1, col=2)  # the diagonal (a seed with itself, 1 by definition) is left blank
 fig.update_yaxes(title_text="PWMCC", row=1, col=1)
 fig.update_layout(title="Pairwise PWMCC (Gaussian = i.i.d. decoders, untrained = our initialisation)", height=420,
                   showlegend=False)

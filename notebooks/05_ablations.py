@@ -78,11 +78,10 @@ from husai_core.sweep import expand_grid, run_sweep
 art = resolve_artifacts(profile, artifacts_dir)
 cache = load_cache(art / "activations" / layout)
 x = cache.get(hook)
-# The cache's source checkpoint is part of every point's configuration (and of its SAE's
-# folder name), so regenerated activations never silently reuse SAEs trained on old ones.
+# SAEs live where every phase finds them (experiments.sae_dir): a configuration that phase 3/4
+# already trained on the same seeds is loaded, not retrained.
 base = {"artifacts": str(art), "layout": layout, "hook": hook, "architecture": architecture, "steps": steps,
-        "batch_size": batch_size, "lr": lr, **sae_params,
-        "extra": {**sae_params.get("extra", {}), "cache_source": cache.meta.get("source_sha256")}}
+        "batch_size": batch_size, "lr": lr, **sae_params}
 # Validate both sweeps before anything trains: an empty grid or k > d_sae fails here, naming the point.
 check = sweep_point_check(x.shape[1])
 k_points = expand_grid({**base, "d_sae": k_sweep_d_sae}, {"k": k_grid}, seeds, check=check)

@@ -23,16 +23,18 @@
 #
 # * the TopK family (TopK, BatchTopK, Matryoshka) gets the target L0 directly as `k`
 #   (BatchTopK: k per row on average, with a calibrated inference threshold);
-# * ReLU and JumpReLU have no k: their sparsity coefficient (`l1_coeff`, `l0_coeff`) is
-#   **calibrated on one seed** — a short search that trains, measures L0, and moves the
-#   coefficient (stepping, then interpolating log L0 against log coefficient) until L0 lands
-#   within the tolerance of the target (`husai_core.experiments.calibrate_point`). The
-#   achieved L0 of every seed is reported below, not assumed.
-#
-# JumpReLU's threshold settings are put in the units of the data (`jumprelu_scales`): the
-# published values assume activations scaled to unit mean squared norm, and a short run
-# cannot move log-thresholds far, so the initial threshold starts where L0 ≈ k for random
-# encoder directions.
+# * ReLU and JumpReLU have no k: a sparsity knob is **calibrated on one seed** — a short
+#   search that trains, measures L0, and moves the knob (stepping, then interpolating log L0
+#   against log knob) until L0 lands within the tolerance of the target
+#   (`husai_core.experiments.calibrate_point`). The achieved L0 of every seed is reported
+#   below, not assumed.
+# * ReLU's knob is its L1 coefficient. JumpReLU's is, by default, its **initial threshold**,
+#   with the L0 coefficient fixed: Adam moves a log-threshold by at most about `lr` per step,
+#   so in a run this short the thresholds stay near where they start and the L0 coefficient
+#   barely steers L0 (set `calibrate` to `{"jumprelu": "l0_coeff"}` to see it; the search
+#   then stops early and says that L0 does not respond). JumpReLU's bandwidth is put in the
+#   units of the data (`jumprelu_scales`): the published value assumes activations scaled to
+#   unit mean squared norm.
 #
 # Every architecture is then compared on EV, L0, dead fraction, PWMCC against the Gaussian
 # baseline (ratio, LCB, seed-level permutation test), and the **shared-feature fraction**:
@@ -55,7 +57,7 @@ batch_size = 1024
 lr = 3e-4
 sae_params = {}
 arch_params = {"relu": {"l1_coeff": 0.01}, "jumprelu": {"l0_coeff": 0.001}}
-calibrate = True
+calibrate = {"relu": "l1_coeff", "jumprelu": "jumprelu_init_threshold"}
 calibration_iters = 6
 calibration_tol = 0.1
 jumprelu_data_scaled = True
@@ -80,7 +82,7 @@ from plotly.subplots import make_subplots
 
 from husai_core.activations import load_cache
 from husai_core.errors import HusaiError
-from husai_core.experiments import (CALIBRATED_COEFF, calibrate_point, frontier_summary, jumprelu_scales, merge_points,
+from husai_core.experiments import (CALIBRATION_KNOBS, calibrate_point, frontier_summary, jumprelu_scales, merge_points,
                                     select_by_lcb, sweep_point_check, train_point)
 from husai_core.report import record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
@@ -96,16 +98,19 @@ archs = [ALIASES.get(a, a) for a in architectures]
 unknown_params = sorted(set(arch_params) - set(archs))
 if unknown_params:
     raise HusaiError(f"arch_params names architecture(s) {unknown_params} that are not in architectures {archs}")
+for a, knob in (calibrate or {}).items():
+    if knob not in CALIBRATION_KNOBS.get(a, ()):
+        raise HusaiError(f"calibrate: cannot calibrate {knob!r} of {a!r}; calibratable: "
+                         f"{ {arch: list(knobs) for arch, knobs in CALIBRATION_KNOBS.items()} }")
 shared = {"artifacts": str(art), "layout": layout, "hook": hook, "d_sae": d_sae, "k": k, "steps": steps,
-          "batch_size": batch_size, "lr": lr, **sae_params,
-          "extra": {**sae_params.get("extra", {}), "cache_source": cache.meta.get("source_sha256")}}
+          "batch_size": batch_size, "lr": lr, **sae_params}
 scales = jumprelu_scales(x, d_sae, k)
 configs = {}
 for a in archs:
-    cfg = {**shared, "architecture": a, **arch_params.get(a, {})}
+    cfg = {**shared, "architecture": a}
     if a == "jumprelu" and jumprelu_data_scaled:
         cfg.update({name: scales[name] for name in ("jumprelu_init_threshold", "bandwidth")})
-    configs[a] = cfg
+    configs[a] = {**cfg, **arch_params.get(a, {})}  # explicit settings win over the data-scaled ones
 # Validate every architecture's configuration before anything trains (k > d_sae, unknown names, ...).
 check = sweep_point_check(x.shape[1])
 
@@ -119,20 +124,24 @@ for a in archs:
     arch_points(a)
 out = Path(sweep_dir) if sweep_dir else art / "sweeps" / "06_frontier"
 print(f"{len(archs)} architectures × {len(seeds)} seeds, d_sae {d_sae}, target L0 {k}, {steps} steps of {batch_size} rows")
+print(f"Adam bound on how far a JumpReLU log-threshold can move: about lr × steps = {lr * steps:.2f} "
+      f"(a factor of {np.exp(lr * steps):.2f}); data scale sigma = {scales['sigma']:.3g}")
 
 # %% [markdown]
 # ## Calibrating the sparsity of ReLU and JumpReLU
 #
 # One seed (the first), a few tries per architecture; each try is a full-length training run
 # whose checkpoint is kept (the final sweep reuses the chosen one). The plot shows every try.
+# "L0 responds" is false when a try moved the knob by 2× or more and L0 changed by under 2%.
 
 # %%
-to_calibrate = [a for a in archs if calibrate and a in CALIBRATED_COEFF]
+to_calibrate = [a for a in archs if a in (calibrate or {})]
 calibration = {}
 start = time.perf_counter()
 if to_calibrate:
     cal_points = [SweepPoint({**configs[a], "target_l0": k, "calibration_iters": calibration_iters,
-                              "calibration_tol": calibration_tol}, seeds[0]) for a in to_calibrate]
+                              "calibration_tol": calibration_tol, "calibrate": calibrate[a]}, seeds[0])
+                  for a in to_calibrate]
     cal_table = run_sweep(calibrate_point, cal_points, out / "calibration", workers=workers,
                           threads_per_worker=threads_per_worker, scheduler=scheduler, progress=progress)
     for _, row in cal_table.iterrows():
@@ -151,11 +160,11 @@ if calibration:
     fig.add_scatter(x=[min(tried) / 2, max(tried) * 2], y=[k, k], mode="lines", name="target L0 (= k)",
                     line=dict(color="black", dash="dash"))
 fig.update_layout(title=f"Calibration on seed {seeds[0]}: L0 of each try (numbered in order)", xaxis_type="log",
-                  yaxis_type="log", xaxis_title="sparsity coefficient", yaxis_title="L0", height=380)
+                  yaxis_type="log", xaxis_title="value of the calibrated knob", yaxis_title="L0", height=380)
 fig.show()
-cal_summary = pd.DataFrame([{"architecture": a, "coefficient": c["coeff_name"], "chosen value": c["coeff"],
+cal_summary = pd.DataFrame([{"architecture": a, "knob": c["coeff_name"], "chosen value": c["coeff"],
                              "L0 on calibration seed": c["l0"], "target L0": c["target_l0"], "tries": c["n_tries"],
-                             "within tolerance": c["within_tol"], "L0 responds to coefficient": c["responsive"]}
+                             "within tolerance": c["within_tol"], "L0 responds": c["responsive"]}
                             for a, c in calibration.items()])
 cal_summary
 
@@ -188,7 +197,8 @@ frontier, choice = select_by_lcb(frontier, alpha, eligible=matched)
 frontier["architecture"] = pd.Categorical(frontier.architecture, archs)
 frontier = frontier.sort_values("architecture").reset_index(drop=True)
 frontier["architecture"] = frontier.architecture.astype(str)
-frontier["coefficient"] = [calibration.get(a, {}).get("coeff") for a in frontier.architecture]
+frontier["calibrated_knob"] = [calibration.get(a, {}).get("coeff_name") for a in frontier.architecture]
+frontier["calibrated_value"] = [calibration.get(a, {}).get("coeff") for a in frontier.architecture]
 shared_cols = [f"matched_shared_{t:g}" for t in shared_thresholds] + [f"random_matched_shared_{t:g}" for t in shared_thresholds]
 frontier[["architecture", "pwmcc", "pwmcc_ci_low", "pwmcc_ci_high", "random", "ratio", "lcb", "p_holm", "ev", "l0",
           "l0_vs_target", "dead_fraction", *shared_cols, "eligible", "selected"]].round(4)
@@ -269,7 +279,7 @@ pd.DataFrame({"architecture": frontier.architecture, "seeds": frontier.n_seeds})
 tidy = frontier[["architecture", "pwmcc", "pwmcc_ci_low", "pwmcc_ci_high", "random", "random_ci_high", "ratio", "difference",
                  "lcb", "permutation_p", "p_holm", "significant", "verdict", "ev", "l0", "target_l0", "l0_vs_target",
                  "eligible", "dead_fraction", "matched_mean_similarity", "random_matched_mean_similarity", *shared_cols,
-                 "coefficient", "selected"]]
+                 "calibrated_knob", "calibrated_value", "selected"]]
 headline = {"most consistent at matched sparsity": r["architecture"], "its ratio": r["ratio"], "its LCB": r["lcb"],
             "target L0": k, "d_sae": d_sae, "correction": f"Holm across {choice['n_conditions']} architectures"}
 for _, row in tidy.iterrows():

@@ -24,6 +24,9 @@
 # * **assignment-aware** — λ · (1 − mean |cos| of Hungarian-matched feature pairs), the one-to-one
 #   matching (cost 1 − |cos|) re-solved every `resolve_every` steps and cached in between.
 #
+# The reconstruction loss is in squared activation units, so the penalty is multiplied by the
+# activations' mean per-element variance (the MSE of predicting the mean): λ is dimensionless,
+# and λ = 0.1 weighs a fully misaligned dictionary like 10% of the variance left unexplained.
 # Each is swept over λ (λ = 0 is the unregularised baseline, shared by both). For every λ we
 # report the trained-vs-random PWMCC of the regularised seeds (bootstrap over seeds,
 # permutation test, LCB), their **alignment to the reference** (mean best |cos|), and the

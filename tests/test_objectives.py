@@ -124,7 +124,17 @@ def test_cached_matching_is_reused_between_solves():
     assert obj.n_solves == 2
 
 
-@pytest.mark.parametrize("bad", [dict(lam=-0.1), dict(lam=float("nan")), dict(resolve_every=0)])
+@pytest.mark.parametrize("kind", KINDS)
+def test_scale_multiplies_the_weighted_penalty_only(kind):
+    ref, dec = _reference(), torch.randn(12, 8, generator=torch.Generator().manual_seed(4))
+    plain, scaled = make_objective(kind, ref, 0.3), make_objective(kind, ref, 0.3, scale=250.0)
+    assert scaled.penalty(dec).item() == pytest.approx(plain.penalty(dec).item())
+    assert scaled(dec, 0).item() == pytest.approx(250.0 * plain(dec, 0).item(), rel=1e-5)
+    assert scaled.fresh().scale == 250.0 and scaled.describe()["scale"] == 250.0
+
+
+@pytest.mark.parametrize("bad", [dict(lam=-0.1), dict(lam=float("nan")), dict(resolve_every=0), dict(scale=0.0),
+                                 dict(scale=float("inf"))])
 def test_bad_settings_are_clear_errors(bad):
     kwargs = {"kind": "assignment", "reference": _reference(), "lam": 1.0, "resolve_every": 5, **bad}
     with pytest.raises(HusaiError):

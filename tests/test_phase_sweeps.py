@@ -13,7 +13,7 @@ import yaml
 
 from husai_core import runner
 from husai_core.errors import HusaiError
-from husai_core.experiments import next_coefficient, select_by_lcb
+from husai_core.experiments import calibrate_point, next_coefficient, select_by_lcb
 from conftest import REPO
 
 ARCHITECTURES = {"relu", "topk", "batchtopk", "jumprelu", "matryoshka"}
@@ -120,14 +120,16 @@ def test_frontier_compares_all_architectures_at_reported_sparsity(phases):
     for t in ("0.5", "0.7"):
         assert frontier[f"matched_shared_{t}"].between(0, 1).all()
     assert (frontier["matched_shared_0.7"] <= frontier["matched_shared_0.5"]).all()
-    # the sparsity of ReLU and JumpReLU was calibrated, and the chosen coefficient is what trained
+    # the sparsity of ReLU and JumpReLU was calibrated, and the chosen value is what trained
     points = pd.DataFrame(res["points"])
-    for arch, coeff in (("relu", "l1_coeff"), ("jumprelu", "l0_coeff")):
+    knobs = runner.notebook_parameters(runner.read_notebook(runner.resolve_notebook("06_frontier")))["calibrate"]
+    assert set(knobs) == {"relu", "jumprelu"}
+    for arch, knob in knobs.items():
         cal = res["calibration"][arch]
-        assert cal["coeff_name"] == coeff and cal["target_l0"] == k and 1 <= len(cal["trace"]) <= params["calibration_iters"]
+        assert cal["coeff_name"] == knob and cal["target_l0"] == k and 1 <= len(cal["trace"]) <= params["calibration_iters"]
         assert cal["coeff"] in [t["coeff"] for t in cal["trace"]]
-        assert (points[points.architecture == arch][coeff] == cal["coeff"]).all()
-        assert frontier.loc[arch, "coefficient"] == cal["coeff"]
+        assert (points[points.architecture == arch][knob] == cal["coeff"]).all()
+        assert frontier.loc[arch, "calibrated_knob"] == knob and frontier.loc[arch, "calibrated_value"] == cal["coeff"]
     # headline: per-architecture numbers and the winner, which must be sparsity-matched when any is
     head = res["headline"]
     assert head["most consistent at matched sparsity"] in ARCHITECTURES
@@ -153,6 +155,15 @@ def test_selection_prefers_significant_configurations_after_holm():
     assert choice["row"]["k"] == 8 and not choice["significant"]
     with pytest.raises(HusaiError, match="empty"):
         select_by_lcb(summary.iloc[:0])
+    with pytest.raises(HusaiError, match="eligible has 2 entries for 3 configurations"):
+        select_by_lcb(summary, eligible=[True, False])
+
+
+def test_calibration_refuses_what_it_cannot_calibrate():
+    with pytest.raises(HusaiError, match="calibration is for relu, jumprelu SAEs, got 'topk'"):
+        calibrate_point({"architecture": "topk", "k": 4, "target_l0": 4})
+    with pytest.raises(HusaiError, match="cannot calibrate 'k' of a relu SAE"):
+        calibrate_point({"architecture": "relu", "l1_coeff": 0.1, "target_l0": 4, "calibrate": "k"})
 
 
 def test_next_coefficient_brackets_then_interpolates():
