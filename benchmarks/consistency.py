@@ -24,9 +24,13 @@ import tracemalloc
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-import scipy
-import torch
+# Passive OpenMP waiting (as in sae_step.py): spinning threads make torch ~10x slower
+# whenever another process holds one of the cores. Recorded in the JSON.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import scipy  # noqa: E402
+import torch  # noqa: E402
 from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -202,6 +206,7 @@ def main() -> None:
               f" dense pair loop {t_dense:.3f}s, x{row['speedup']:.2f} (1 thread x{row['speedup_1thread']:.2f})", flush=True)
 
     info["loadavg_end"] = list(os.getloadavg())
+    info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "runtime default")
     write_json(OUT, {
         "benchmark": "consistency",
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -12,13 +12,16 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from transformer_lens import HookedTransformer
 
 from .errors import HusaiError
 from .io import load_tensors, read_json, save_tensors, write_json
+
+if TYPE_CHECKING:  # importing transformer_lens costs seconds; sweep workers only read caches
+    from transformer_lens import HookedTransformer
 
 POSITIONS = ("answer", "all")
 

@@ -9,6 +9,7 @@ SAE checkpoints of one configuration sit together so later phases find them:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -51,14 +52,27 @@ class SeedSAE(NamedTuple):
     path: Path
 
 
-def _load_seed(folder: Path, seed: int, cfg: SAEConfig) -> SeedSAE | None:
+def data_fingerprint(x: torch.Tensor, x_target: torch.Tensor | None = None) -> str:
+    """Hash of the training rows, so a checkpoint is never reused after the activations change."""
+    h = hashlib.sha256()
+    for t in (x, x_target):
+        if t is not None:
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _load_seed(folder: Path, seed: int, cfg: SAEConfig, fingerprint: str) -> SeedSAE | None:
     if not (folder / "metrics.json").is_file():
         return None
+    metrics = read_json(folder / "metrics.json", "SAE metrics")
+    if metrics.get("data_fingerprint") != fingerprint:
+        return None  # trained on other activations (or before fingerprints): retrain
     sae = load_sae(folder)
     if sae.cfg != cfg:
         return None
     history = pd.DataFrame(read_json(folder / "history.json", "SAE training history"))
-    return SeedSAE(seed, sae, history, read_json(folder / "metrics.json", "SAE metrics"), folder)
+    return SeedSAE(seed, sae, history, metrics, folder)
 
 
 def train_or_load_saes(
@@ -71,16 +85,19 @@ def train_or_load_saes(
     progress: bool = False,
     device: str = "auto",
 ) -> list[SeedSAE]:
-    """One SAE per seed: finished seeds are loaded, the rest trained together and saved."""
+    """One SAE per seed: finished seeds (same config, same data) are loaded, the rest trained and saved."""
     folder = Path(folder)
-    done = {s: _load_seed(folder / f"seed{s}", s, cfg) for s in seeds} if reuse else {}
+    fingerprint = data_fingerprint(x, x_target)
+    done = {s: _load_seed(folder / f"seed{s}", s, cfg, fingerprint) for s in seeds} if reuse else {}
     todo = [s for s in seeds if done.get(s) is None]
     if todo:
         for seed, res in zip(todo, train_saes(cfg, x, todo, x_target=x_target, device=device, progress=progress)):
             out = folder / f"seed{seed}"
             save_sae(res.sae, out)
             write_json(out / "history.json", res.history.to_dict(orient="list"))
-            write_json(out / "metrics.json", {**res.metrics, "seed": seed, **{f"info_{k}": v for k, v in res.info.items()}})
+            # metrics.json last: its presence (with the data fingerprint) marks a complete checkpoint
+            write_json(out / "metrics.json", {**res.metrics, "seed": seed, "data_fingerprint": fingerprint,
+                                              **{f"info_{k}": v for k, v in res.info.items()}})
             done[seed] = SeedSAE(seed, res.sae.cpu(), res.history, read_json(out / "metrics.json"), out)
     return [done[s] for s in seeds]
 
@@ -302,7 +319,8 @@ def select_by_lcb(summary: pd.DataFrame, alpha: float = 0.05,
         "rule": f"highest LCB among {'eligible ' if eligible is not None else ''}configurations with Holm-adjusted "
                 f"permutation p <= {alpha:g} (the highest LCB overall when none qualifies)",
         "correction": "Holm", "n_conditions": int(len(out)), "alpha": float(alpha),
-        "significant": bool(out.significant[best]), "eligible": bool(out.eligible[best]), "row": out.loc[best].to_dict(),
+        "significant": bool(out.significant[best]), "eligible": bool(out.eligible[best]),
+        "row": out.loc[best].to_dict(),
     }
 
 
@@ -358,7 +376,8 @@ def calibrate_point(spec: dict[str, Any]) -> dict[str, Any]:
         raise HusaiError(f"calibration is for {', '.join(CALIBRATION_KNOBS)} SAEs, got {spec.get('architecture')!r}")
     name = spec.pop("calibrate", None) or CALIBRATED_COEFF[arch]
     if name not in CALIBRATION_KNOBS[arch]:
-        raise HusaiError(f"cannot calibrate {name!r} of a {arch} SAE; choose one of {', '.join(CALIBRATION_KNOBS[arch])}")
+        raise HusaiError(f"cannot calibrate {name!r} of a {arch} SAE; "
+                         f"choose one of {', '.join(CALIBRATION_KNOBS[arch])}")
     if target <= 0 or iters < 1:
         raise HusaiError(f"calibration needs target_l0 > 0 and calibration_iters >= 1, got {target}, {iters}")
     coeff = float(spec[name])

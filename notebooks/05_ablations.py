@@ -64,9 +64,7 @@ alpha = 0.05
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from husai_core.activations import effective_rank, load_cache
@@ -114,7 +112,7 @@ d_summary, d_choice = select_by_lcb(summarise_sweep(d_table, ["d_sae"], n_resamp
 rank = effective_rank(x)
 d_summary["d_sae_over_rank"] = d_summary.d_sae / rank
 columns = ["pwmcc", "pwmcc_ci_low", "pwmcc_ci_high", "random", "random_ci_high", "ratio", "lcb", "permutation_p",
-           "p_holm", "verdict", "ev", "l0", "dead_fraction", "selected"]
+           "p_holm", "ev", "l0", "dead_fraction", "selected"]
 print(f"k sweep at d_sae = {k_sweep_d_sae}:")
 k_summary[["k", *columns]].round(4)
 
@@ -126,26 +124,28 @@ d_summary[["d_sae", "d_sae_over_rank", *columns]].round(4)
 # ## The trade-off frontier: stability against reconstruction
 #
 # Each marker is one configuration (mean over seeds; the bars are the bootstrap CI of the
-# trained PWMCC), labelled by the setting that varies. Hollow markers are the Gaussian
-# baseline of the same shape, drawn at the same EV. Up and to the right is better on both
-# counts; the ratio panel removes the baseline's own growth with d_sae.
+# trained PWMCC), labelled by the setting that varies. The x axis is the fraction of variance
+# unexplained, 1 − EV, on a log scale (reversed, so better reconstruction is to the right;
+# EVs close to one would otherwise pile up). Hollow markers are the Gaussian baseline of the
+# same shape, drawn at the same EV. Up and to the right is better on both counts; the ratio
+# panel removes the baseline's own growth with d_sae.
 
 # %%
 fig = make_subplots(rows=1, cols=2, subplot_titles=("PWMCC vs EV", "trained / random ratio vs EV"))
 for name, s, col, colour in (("k sweep", k_summary, "k", "#1f77b4"), ("d_sae sweep", d_summary, "d_sae", "#ff7f0e")):
     labels = [f"{col}={v}" for v in s[col]]
     err = dict(type="data", symmetric=False, array=s.pwmcc_ci_high - s.pwmcc, arrayminus=s.pwmcc - s.pwmcc_ci_low)
-    fig.add_scatter(x=s.ev, y=s.pwmcc, error_y=err, mode="markers+text+lines", text=labels, textposition="top center",
+    fig.add_scatter(x=1 - s.ev, y=s.pwmcc, error_y=err, mode="markers+text+lines", text=labels, textposition="top center",
                     name=name, marker=dict(color=colour, size=9), row=1, col=1)
-    fig.add_scatter(x=s.ev, y=s.random, mode="markers", name=f"{name}: random baseline",
+    fig.add_scatter(x=1 - s.ev, y=s.random, mode="markers", name=f"{name}: random baseline",
                     marker=dict(color=colour, size=9, symbol="circle-open"), row=1, col=1)
-    fig.add_scatter(x=s.ev, y=s.ratio, mode="markers+text+lines", text=labels, textposition="top center",
+    fig.add_scatter(x=1 - s.ev, y=s.ratio, mode="markers+text+lines", text=labels, textposition="top center",
                     name=f"{name} ratio", marker=dict(color=colour, size=9), showlegend=False, row=1, col=2)
 fig.add_hline(y=1.0, line_dash="dash", line_color="grey", row=1, col=2)
-fig.update_xaxes(title_text="explained variance (mean over seeds)")
+fig.update_xaxes(title_text="1 − EV (unexplained variance, mean over seeds)", type="log", autorange="reversed")
 fig.update_yaxes(title_text="PWMCC", row=1, col=1)
 fig.update_yaxes(title_text="trained / random", row=1, col=2)
-fig.update_layout(title="Stability vs reconstruction", height=480)
+fig.update_layout(title="Stability vs reconstruction", height=520)
 fig.show()
 
 # %% [markdown]
@@ -177,7 +177,7 @@ for col, (s, xs) in enumerate(((k_summary, k_summary.k), (d_summary, d_summary.d
                                (d_summary, d_summary.d_sae_over_rank)), start=1):
     band(fig, xs, s, col)
     trained(fig, xs, s, col)
-    fig.update_xaxes(type="log", row=1, col=col)
+    fig.update_xaxes(type="log", tickvals=list(xs), ticktext=[f"{v:.3g}" for v in xs], row=1, col=col)
 fig.update_xaxes(title_text="k", row=1, col=1)
 fig.update_xaxes(title_text="d_sae", row=1, col=2)
 fig.update_xaxes(title_text="d_sae / effective rank", row=1, col=3)
@@ -193,14 +193,17 @@ fig.show()
 # the one with the highest LCB (trained CI low − random CI high) — the configuration whose
 # advantage over random is largest even in the worst case the intervals allow. If no
 # configuration survives the correction, the highest LCB is still named but flagged as not
-# significant.
+# significant. The rule looks at consistency only: read the winner's EV and dead fraction
+# next to it (a very sparse or very narrow dictionary can be consistent because it is
+# simple). Phase 7 selects k under an explicit EV floor.
 
 # %%
 def describe(choice: dict, col: str) -> str:
     r = choice["row"]
     sig = "significant" if choice["significant"] else "NOT significant after the correction"
     return (f"best {col} = {r[col]}: PWMCC {r['pwmcc']:.3f} [{r['pwmcc_ci_low']:.3f}, {r['pwmcc_ci_high']:.3f}] vs random "
-            f"{r['random']:.3f}, ratio {r['ratio']:.2f}, LCB {r['lcb']:.3f}, EV {r['ev']:.3f}, L0 {r['l0']:.1f}; "
+            f"{r['random']:.3f}, ratio {r['ratio']:.2f}, LCB {r['lcb']:.3f}, EV {r['ev']:.3f}, L0 {r['l0']:.1f}, "
+            f"dead fraction {r['dead_fraction']:.2f}; "
             f"Holm-adjusted p {r['p_holm']:.3g} over {choice['n_conditions']} conditions ({sig}).")
 
 
@@ -216,6 +219,7 @@ pd.DataFrame({"sweep": ["k", "d_sae"], "conditions": [k_choice["n_conditions"], 
 kb, db = k_choice["row"], d_choice["row"]
 headline = {
     "best k": int(kb["k"]), "best k ratio": kb["ratio"], "best k EV": kb["ev"], "best k LCB": kb["lcb"],
+    "best k dead fraction": kb["dead_fraction"],
     "best d_sae": int(db["d_sae"]), "best d_sae ratio": db["ratio"], "best d_sae EV": db["ev"], "best d_sae LCB": db["lcb"],
     "conditions": k_choice["n_conditions"] + d_choice["n_conditions"], "seeds": len(seeds),
     "correction": f"Holm across the conditions of each sweep (alpha {alpha:g})",

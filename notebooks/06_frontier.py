@@ -77,7 +77,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from husai_core.activations import load_cache
@@ -150,17 +149,17 @@ if to_calibrate:
         configs[row.architecture][row.coeff_name] = row.coeff
 calibration_seconds = time.perf_counter() - start
 
-fig = go.Figure()
-for a, c in calibration.items():
+fig = make_subplots(rows=1, cols=max(1, len(calibration)),
+                    subplot_titles=[f"{a}: {c['coeff_name']}" for a, c in calibration.items()] or [""])
+for col, (a, c) in enumerate(calibration.items(), start=1):
     tr = pd.DataFrame(c["trace"])
     fig.add_scatter(x=tr.coeff, y=tr.l0, mode="lines+markers+text", text=[str(i + 1) for i in range(len(tr))],
-                    textposition="top center", name=f"{a} ({c['coeff_name']})")
-if calibration:
-    tried = [t["coeff"] for c in calibration.values() for t in c["trace"]]
-    fig.add_scatter(x=[min(tried) / 2, max(tried) * 2], y=[k, k], mode="lines", name="target L0 (= k)",
-                    line=dict(color="black", dash="dash"))
-fig.update_layout(title=f"Calibration on seed {seeds[0]}: L0 of each try (numbered in order)", xaxis_type="log",
-                  yaxis_type="log", xaxis_title="value of the calibrated knob", yaxis_title="L0", height=380)
+                    textposition="top center", name=a, row=1, col=col)
+    fig.add_scatter(x=[tr.coeff.min() / 1.5, tr.coeff.max() * 1.5], y=[k, k], mode="lines", name="target L0 (= k)",
+                    line=dict(color="black", dash="dash"), showlegend=col == 1, row=1, col=col)
+    fig.update_xaxes(type="log", title_text=c["coeff_name"], row=1, col=col)
+    fig.update_yaxes(type="log", title_text="L0" if col == 1 else None, row=1, col=col)
+fig.update_layout(title=f"Calibration on seed {seeds[0]}: L0 of each try (numbered in order)", height=380)
 fig.show()
 cal_summary = pd.DataFrame([{"architecture": a, "knob": c["coeff_name"], "chosen value": c["coeff"],
                              "L0 on calibration seed": c["l0"], "target L0": c["target_l0"], "tries": c["n_tries"],
@@ -199,22 +198,24 @@ frontier = frontier.sort_values("architecture").reset_index(drop=True)
 frontier["architecture"] = frontier.architecture.astype(str)
 frontier["calibrated_knob"] = [calibration.get(a, {}).get("coeff_name") for a in frontier.architecture]
 frontier["calibrated_value"] = [calibration.get(a, {}).get("coeff") for a in frontier.architecture]
-shared_cols = [f"matched_shared_{t:g}" for t in shared_thresholds] + [f"random_matched_shared_{t:g}" for t in shared_thresholds]
+shared_cols = ([f"matched_shared_{t:g}" for t in shared_thresholds]
+               + [f"random_matched_shared_{t:g}" for t in shared_thresholds])
 frontier[["architecture", "pwmcc", "pwmcc_ci_low", "pwmcc_ci_high", "random", "ratio", "lcb", "p_holm", "ev", "l0",
           "l0_vs_target", "dead_fraction", *shared_cols, "eligible", "selected"]].round(4)
 
 # %% [markdown]
 # ## Stability against reconstruction, per architecture
 #
-# Each marker is one architecture (bars: bootstrap CI of the trained PWMCC over seeds). The
-# red band is the Gaussian baseline of the same shape (mean to CI high); it is the same for
-# every architecture because the width is the same.
+# Each marker is one architecture (bars: bootstrap CI of the trained PWMCC over seeds), placed
+# by its reconstruction: the x axis is 1 − EV on a log scale, reversed. The red band is the
+# Gaussian baseline of the same shape (mean to CI high); it is the same for every
+# architecture because the width is the same.
 
 # %%
 fig = make_subplots(rows=1, cols=2, subplot_titles=("PWMCC vs EV", "shared features (Hungarian |cos| above threshold)"))
 colours = dict(zip(archs, ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]))
 for _, r in frontier.iterrows():
-    fig.add_scatter(x=[r.ev], y=[r.pwmcc], mode="markers+text", text=[f"{r.architecture} (L0 {r.l0:.1f})"],
+    fig.add_scatter(x=[1 - r.ev], y=[r.pwmcc], mode="markers+text", text=[f"{r.architecture} (L0 {r.l0:.1f})"],
                     textposition="top center", name=r.architecture, marker=dict(size=12, color=colours[r.architecture]),
                     error_y=dict(type="data", symmetric=False, array=[r.pwmcc_ci_high - r.pwmcc],
                                  arrayminus=[r.pwmcc - r.pwmcc_ci_low]), row=1, col=1)
@@ -226,7 +227,8 @@ for t in shared_thresholds:
     fig.add_bar(x=frontier.architecture, y=frontier[f"matched_shared_{t:g}"], name=f"trained ≥ {t:g}", row=1, col=2)
     fig.add_bar(x=frontier.architecture, y=frontier[f"random_matched_shared_{t:g}"], name=f"random ≥ {t:g}",
                 marker_pattern_shape="/", row=1, col=2)
-fig.update_xaxes(title_text="explained variance (mean over seeds)", row=1, col=1)
+fig.update_xaxes(title_text="1 − EV (unexplained variance, log, reversed: better to the right)", type="log",
+                 autorange="reversed", row=1, col=1)
 fig.update_yaxes(title_text="PWMCC", row=1, col=1)
 fig.update_yaxes(title_text="share of features matched", row=1, col=2)
 fig.update_layout(title=f"Architecture frontier at d_sae {d_sae}, target L0 {k}", barmode="group", height=480)
@@ -265,8 +267,9 @@ flags = [] if choice["significant"] else ["NOT significant after the correction"
 flags += [] if choice["eligible"] else [f"L0 {r['l0']:.1f} is outside the matched-sparsity tolerance"]
 off = [f"{a} (L0 {l0:.1f})" for a, l0, e in zip(frontier.architecture, frontier.l0, frontier.eligible) if not e]
 verdict_text = (f"Most consistent at matched sparsity (target L0 {k}, d_sae {d_sae}): {r['architecture']} — PWMCC "
-                f"{r['pwmcc']:.3f} [{r['pwmcc_ci_low']:.3f}, {r['pwmcc_ci_high']:.3f}] vs random {r['random']:.3f}, ratio "
-                f"{r['ratio']:.2f}, LCB {r['lcb']:.3f}, EV {r['ev']:.3f}, L0 {r['l0']:.1f}; Holm-adjusted p {r['p_holm']:.3g} "
+                f"{r['pwmcc']:.3f} [{r['pwmcc_ci_low']:.3f}, {r['pwmcc_ci_high']:.3f}] vs random {r['random']:.3f}, "
+                f"ratio {r['ratio']:.2f}, LCB {r['lcb']:.3f}, EV {r['ev']:.3f}, L0 {r['l0']:.1f}; "
+                f"Holm-adjusted p {r['p_holm']:.3g} "
                 f"over {choice['n_conditions']} architectures" + (f" ({'; '.join(flags)})" if flags else "") + "."
                 + (f" Not sparsity-matched: {', '.join(off)}." if off else ""))
 print(verdict_text)

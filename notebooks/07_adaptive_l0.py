@@ -251,7 +251,8 @@ else:
     verdict_text = (f"{selection_text} On {len(retrain_seeds)} fresh seeds with {retrain_steps} steps: {outcome}; "
                     f"gain in mean PWMCC {g['gain']:+.4f}, 95% paired-bootstrap CI [{g['ci_low']:+.4f}, "
                     f"{g['ci_high']:+.4f}] (ratio-to-random gain {confirm['ratio_gain']:+.3f}); winner EV "
-                    f"{confirm['arms']['winner']['ev']:.3f} vs control {confirm['arms']['control']['ev']:.3f}.")
+                    f"{confirm['arms']['winner']['ev']:.3f} vs control {confirm['arms']['control']['ev']:.3f}, dead "
+                    f"fraction {confirm['arms']['winner']['dead_fraction']:.3f} vs {confirm['arms']['control']['dead_fraction']:.3f}.")
 print(verdict_text)
 
 # %%
@@ -279,6 +280,8 @@ if confirm is not None:
         "ratio-to-random gain": confirm["ratio_gain"],
         "winner LCB": confirm["arms"]["winner"]["lcb"], "winner EV": confirm["arms"]["winner"]["ev"],
         "control EV": confirm["arms"]["control"]["ev"],
+        "winner dead fraction": confirm["arms"]["winner"]["dead_fraction"],
+        "control dead fraction": confirm["arms"]["control"]["dead_fraction"],
     }
 results_path = record_results(run_dir, {
     "headline": headline, "verdict": verdict_text,

@@ -51,3 +51,13 @@ def test_consistency_summary_on_identical_and_random_dictionaries():
     assert set(s["random_seeds"]).isdisjoint({1, 2, 3, 4})
     with pytest.raises(HusaiError, match="at least 2 seeds"):
         consistency_summary(copies[:1], [1])
+
+
+def test_checkpoints_are_not_reused_after_the_activations_change(tmp_path, one_thread):
+    x = torch.randn(256, 16, generator=torch.Generator().manual_seed(0))
+    cfg = sae_config(16, {"d_sae": 32, "k": 4, "steps": 10, "batch_size": 64, "warmup_steps": 2})
+    folder = sae_dir(tmp_path, "default", "hook", cfg)
+    (old,) = train_or_load_saes(folder, cfg, x, [1])
+    (new,) = train_or_load_saes(folder, cfg, x * 2 + 1, [1])
+    assert new.metrics["data_fingerprint"] != old.metrics["data_fingerprint"]
+    assert not torch.equal(old.sae.b_dec, new.sae.b_dec)  # retrained on the new data
