@@ -240,21 +240,23 @@ def train_or_load_regularised(folder: str | Path, cfg, x: Tensor, seeds: list[in
     """
     import pandas as pd
 
-    from .experiments import SeedSAE, train_or_load_saes
+    from .experiments import SeedSAE, data_fingerprint, train_or_load_saes
     from .io import read_json, write_json
     from .sae import load_sae, save_sae, train_sae
 
     if objective is None:
         return train_or_load_saes(folder, cfg, x, seeds, progress=progress, device=device)
     folder = Path(folder)
+    fingerprint = data_fingerprint(torch.as_tensor(x))
     out = []
     for seed in seeds:
         path = folder / f"seed{seed}"
         if (path / "metrics.json").is_file():
-            sae = load_sae(path)
-            if sae.cfg == cfg:
+            metrics = read_json(path / "metrics.json", "SAE metrics")
+            sae = load_sae(path) if metrics.get("data_fingerprint") == fingerprint else None
+            if sae is not None and sae.cfg == cfg:  # same config, objective, reference and data: reuse
                 out.append(SeedSAE(seed, sae, pd.DataFrame(read_json(path / "history.json", "SAE training history")),
-                                   read_json(path / "metrics.json", "SAE metrics"), path))
+                                   metrics, path))
                 continue
         obj = objective.fresh()
         res = train_sae(cfg, x, seed, device=device, progress=progress, extra_loss=obj)
@@ -263,7 +265,8 @@ def train_or_load_regularised(folder: str | Path, cfg, x: Tensor, seeds: list[in
             final = float(objective.fresh().penalty(res.sae.W_dec.detach()))
         save_sae(res.sae, path)
         write_json(path / "history.json", res.history.to_dict(orient="list"))
-        write_json(path / "metrics.json", {**res.metrics, "seed": seed, "final_penalty": final, "n_solves": n_solves,
+        write_json(path / "metrics.json", {**res.metrics, "seed": seed, "data_fingerprint": fingerprint,
+                                           "final_penalty": final, "n_solves": n_solves,
                                            **{f"info_{k}": v for k, v in res.info.items()}})
         out.append(SeedSAE(seed, res.sae.cpu(), res.history, read_json(path / "metrics.json"), path))
     return out
