@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,23 +22,30 @@ def _isolated_runs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PLOTLY_RENDERER", "notebook")
 
 
-@pytest.fixture(scope="session")
-def smoke_runs(tmp_path_factory):
-    """Execute the main-job notebooks once on the smoke profile, in order (papermill in pytest)."""
-    from husai_core import runner
-
-    base = tmp_path_factory.mktemp("smoke")
-    old = {k: os.environ.get(k) for k in ("HUSAI_RUNS_DIR", "HUSAI_REPORTS_DIR", "PLOTLY_RENDERER", "OMP_NUM_THREADS")}
-    # Smoke tensors are tiny: one thread per kernel beats two threads fighting over 2 cores.
-    os.environ.update(HUSAI_RUNS_DIR=str(base / "runs"), HUSAI_REPORTS_DIR=str(base / "reports"),
-                      PLOTLY_RENDERER="notebook", OMP_NUM_THREADS="1")
+@contextmanager
+def runs_env(base: Path):
+    """Point runs/reports at ``base`` for notebooks executed inside the block, then restore."""
+    values = {"HUSAI_RUNS_DIR": str(base / "runs"), "HUSAI_REPORTS_DIR": str(base / "reports"),
+              # smoke tensors are tiny: one thread per kernel beats two threads fighting over 2 cores
+              "PLOTLY_RENDERER": "notebook", "OMP_NUM_THREADS": "1"}
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
-        results = {r.manifest["notebook"] + (f"-seed{r.manifest['seed']}" if r.manifest.get("seed") is not None else ""): r
-                   for r in runner.run_main_job("smoke", echo=lambda *_: None)}
+        yield base
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(tmp_path_factory):
+    """Execute the main-job notebooks once on the smoke profile, in order (papermill in pytest)."""
+    from husai_core import runner
+
+    with runs_env(tmp_path_factory.mktemp("smoke")) as base:
+        results = {r.manifest["notebook"] + (f"-seed{r.manifest['seed']}" if r.manifest.get("seed") is not None else ""): r
+                   for r in runner.run_main_job("smoke", echo=lambda *_: None)}
     return {"base": base, "runs": results}

@@ -1,34 +1,23 @@
 """Phases 7 (adaptive L0) and 8 (consistency objectives) end to end on the smoke profile."""
 
-import os
 
 import pytest
 
 from husai_core import runner
 from husai_core.cli import main
 from husai_core.stats import ABSENT, INCONCLUSIVE, PRESENT
+from conftest import runs_env
 
 
 @pytest.fixture(scope="module")
 def phase_runs(tmp_path_factory):
     """01 and 02 (smoke) for the artifacts, then 07 and 08, in a scratch runs folder."""
-    base = tmp_path_factory.mktemp("phases78")
-    keys = ("HUSAI_RUNS_DIR", "HUSAI_REPORTS_DIR", "PLOTLY_RENDERER")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update(HUSAI_RUNS_DIR=str(base / "runs"), HUSAI_REPORTS_DIR=str(base / "reports"),
-                      PLOTLY_RENDERER="notebook")
-    try:
+    with runs_env(tmp_path_factory.mktemp("phases78")) as base:
         runner.run_notebook("01_transformer", "smoke", render=False)
         runner.run_notebook("02_activations", "smoke", render=False)
         runs = {name: runner.run_notebook(name, "smoke") for name in ("07_adaptive_l0", "08_consistency_objectives")}
         # an EV floor nobody reaches: the search is reused from the sweep folder, nothing is retrained
         runs["07_none"] = runner.run_notebook("07_adaptive_l0", "smoke", {"ev_floor": 0.999}, render=False)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return {"base": base, **runs}
 
 

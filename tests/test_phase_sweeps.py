@@ -4,7 +4,6 @@ The notebooks run through ``runner.run_notebook`` (papermill) on top of phases 1
 checks are on their ``results.json`` and on the resumable sweep folders they leave behind.
 """
 
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +13,7 @@ import yaml
 from husai_core import runner
 from husai_core.errors import HusaiError
 from husai_core.experiments import calibrate_point, next_coefficient, select_by_lcb
-from conftest import REPO
+from conftest import REPO, runs_env
 
 ARCHITECTURES = {"relu", "topk", "batchtopk", "jumprelu", "matryoshka"}
 
@@ -26,22 +25,11 @@ def smoke_params(notebook: str) -> dict:
 @pytest.fixture(scope="module")
 def phases(tmp_path_factory):
     """Phases 1-2 (default layout only, to save time), then 05 and 06, in a private runs folder."""
-    base = tmp_path_factory.mktemp("phase_sweeps")
-    keys = ("HUSAI_RUNS_DIR", "HUSAI_REPORTS_DIR", "PLOTLY_RENDERER")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update(HUSAI_RUNS_DIR=str(base / "runs"), HUSAI_REPORTS_DIR=str(base / "reports"),
-                      PLOTLY_RENDERER="notebook")
-    try:
+    with runs_env(tmp_path_factory.mktemp("phase_sweeps")) as base:
         runner.run_notebook("01_transformer", "smoke", {"compare_legacy": False}, render=False)
         runner.run_notebook("02_activations", "smoke", {"layouts": ["default"]}, render=False)
         ablations = runner.run_notebook("05_ablations", "smoke")
         frontier = runner.run_notebook("06_frontier", "smoke")
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return {"base": base, "art": base / "runs" / "artifacts" / "smoke", "05": ablations, "06": frontier}
 
 
