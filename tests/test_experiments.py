@@ -5,14 +5,6 @@ from husai_core.errors import HusaiError
 from husai_core.experiments import config_id, consistency_summary, load_saes, sae_config, sae_dir, train_or_load_saes
 
 
-@pytest.fixture()
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_sae_config_rejects_unknown_names_and_bad_k():
     with pytest.raises(HusaiError, match="unknown SAE parameter.*learning_rate"):
         sae_config(16, {"learning_rate": 1e-3})
@@ -27,7 +19,7 @@ def test_config_id_names_the_settings_and_changes_with_any_of_them():
     assert config_id(sae_config(16, {"architecture": "relu", "d_sae": 32})).startswith("relu-d32-l1")
 
 
-def test_train_or_load_reuses_finished_seeds(tmp_path, one_thread):
+def test_train_or_load_reuses_finished_seeds(tmp_path):
     x = torch.randn(256, 16, generator=torch.Generator().manual_seed(0))
     cfg = sae_config(16, {"d_sae": 32, "k": 4, "steps": 20, "batch_size": 64, "warmup_steps": 2})
     folder = sae_dir(tmp_path, "default", "hook", cfg)
@@ -53,7 +45,7 @@ def test_consistency_summary_on_identical_and_random_dictionaries():
         consistency_summary(copies[:1], [1])
 
 
-def test_checkpoints_are_not_reused_after_the_activations_change(tmp_path, one_thread):
+def test_checkpoints_are_not_reused_after_the_activations_change(tmp_path):
     x = torch.randn(256, 16, generator=torch.Generator().manual_seed(0))
     cfg = sae_config(16, {"d_sae": 32, "k": 4, "steps": 10, "batch_size": 64, "warmup_steps": 2})
     folder = sae_dir(tmp_path, "default", "hook", cfg)

@@ -43,31 +43,22 @@ def folder_of(art, arch, d_sae, sparsity, hook=HOOK):
 @pytest.fixture(scope="module")
 def base_tree(tmp_path_factory):
     """Artifacts with an activation cache for two hooks and SAEs of five configurations."""
-    # Tiny SAEs train ~30x faster single-threaded on a busy 2-core machine (no thread contention).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        art = tmp_path_factory.mktemp("explorer") / "artifacts"
-        g = torch.Generator().manual_seed(0)
-        acts = {h: torch.randn(256, D_IN, generator=g) @ torch.randn(D_IN, D_IN, generator=g) for h in (HOOK, OTHER_HOOK)}
-        save_cache(art / "activations" / "default", acts, {"c": torch.arange(256)}, {"note": "random test data"})
-        for hook, arch, d, s, seeds in POINTS:
-            cfg = cfg_of(arch, d, s)
-            train_or_load_saes(sae_dir(art, "default", hook, cfg), cfg, acts[hook], seeds)
-        (folder_of(art, "topk", 32, 4) / "seed9").mkdir()  # an unfinished seed: no metrics.json
-        yield art
-    finally:
-        torch.set_num_threads(threads)
+    art = tmp_path_factory.mktemp("explorer") / "artifacts"
+    g = torch.Generator().manual_seed(0)
+    acts = {h: torch.randn(256, D_IN, generator=g) @ torch.randn(D_IN, D_IN, generator=g) for h in (HOOK, OTHER_HOOK)}
+    save_cache(art / "activations" / "default", acts, {"c": torch.arange(256)}, {"note": "random test data"})
+    for hook, arch, d, s, seeds in POINTS:
+        cfg = cfg_of(arch, d, s)
+        train_or_load_saes(sae_dir(art, "default", hook, cfg), cfg, acts[hook], seeds)
+    (folder_of(art, "topk", 32, 4) / "seed9").mkdir()  # an unfinished seed: no metrics.json
+    return art
 
 
 @pytest.fixture
 def tree(base_tree, tmp_path):
     """A private copy for tests that train or write summaries."""
     ex_mod.clear_summary_memo()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield shutil.copytree(base_tree, tmp_path / "artifacts")
-    torch.set_num_threads(threads)
+    return shutil.copytree(base_tree, tmp_path / "artifacts")
 
 
 def make_explorer(art, **kw):
@@ -247,15 +238,10 @@ def test_invalid_point_bad_seeds_and_train_on_demand_off(tree):
 def test_an_empty_tree_starts_from_nothing(base_tree, tmp_path):
     art = tmp_path / "artifacts"
     shutil.copytree(base_tree / "activations", art / "activations")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ex = Explorer(art, "default", HOOK, seeds=[1, 2], train_params={**TRAIN, "d_sae": 32, "k": 4}, n_resamples=100)
-        assert ex.grid.empty and ex.state["status"] == "not cached" and ex._point() == ("topk", 32, 4)
-        ex.train_button.click()
-        assert ex.state["status"] == "cached" and len(ex.grid) == 1
-    finally:
-        torch.set_num_threads(threads)
+    ex = Explorer(art, "default", HOOK, seeds=[1, 2], train_params={**TRAIN, "d_sae": 32, "k": 4}, n_resamples=100)
+    assert ex.grid.empty and ex.state["status"] == "not cached" and ex._point() == ("topk", 32, 4)
+    ex.train_button.click()
+    assert ex.state["status"] == "cached" and len(ex.grid) == 1
     (tmp_path / "bare").mkdir()
     off = Explorer(tmp_path / "bare", train_on_demand=False)
     assert off.state["status"] == "empty" and off.architecture.options == () and off.train_button.disabled

@@ -14,14 +14,6 @@ from husai_core.sae import SAEConfig, train_sae, train_saes
 KINDS = ["alignment", "assignment"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny training steps: on a loaded 2-core machine a second torch thread only adds waiting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _reference(n=12, d=8, seed=0):
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))

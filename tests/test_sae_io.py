@@ -9,13 +9,6 @@ from husai_core.errors import HusaiError
 from husai_core.sae import SAEConfig, build_sae, export_saelens, import_saelens, load_sae, save_sae
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make(arch, transcoder=False, seed=0):
     kw = dict(architecture=arch, d_in=12, d_sae=40, k=4)

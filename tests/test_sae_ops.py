@@ -7,14 +7,6 @@ from husai_core.sae import SAEConfig, build_sae, stack_saes
 from husai_core.sae.sparse_ops import SparsePattern, sparse_decode, sparse_encode
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: threading only adds overhead (and noise on a shared 2-core machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _params(S, d_in, d_sae, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -11,13 +11,6 @@ from husai_core.sae.synthetic import planted_dictionary
 from husai_core.sae.trainer import LOG_COLUMNS, _fit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def planted():
