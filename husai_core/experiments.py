@@ -118,7 +118,7 @@ def load_saes(folder: str | Path, seeds: list[int]) -> list[SeedSAE]:
 # ---------------------------------------------------------------- trained vs random
 
 def _stat_dict(res: Any) -> dict[str, Any]:
-    return {k: v for k, v in (res._asdict() if hasattr(res, "_asdict") else dataclasses.asdict(res)).items()}
+    return res._asdict() if hasattr(res, "_asdict") else dataclasses.asdict(res)
 
 
 def consistency_summary(
@@ -128,6 +128,7 @@ def consistency_summary(
     stats_seed: int = 0,
     alpha: float = 0.05,
     random_decoders: list[torch.Tensor] | None = None,
+    random_seeds: list[int] | None = None,
 ) -> dict[str, Any]:
     """PWMCC of trained seeds against the Gaussian baseline, with the seed-level statistics.
 
@@ -143,8 +144,6 @@ def consistency_summary(
     if random_decoders is None:
         random_seeds = disjoint_seeds(seeds, len(seeds))
         random_decoders = gaussian_decoders(len(seeds), d_sae, d_in, random_seeds, trained_seeds=seeds)
-    else:
-        random_seeds = None
     joint = pwmcc_matrix(list(decoders) + list(random_decoders))
     n = len(decoders)
     trained_m, random_m = joint[:n, :n], joint[n:, n:]
@@ -180,13 +179,15 @@ def trained_vs_random(
     Every comparison is made for the trained dictionaries and for the Gaussian baseline
     (and, when given, for untrained SAEs from our own initialisation as a second control).
     """
-    from .consistency import (consensus_features, feature_stability, gaussian_decoders, ground_truth_alignment,
-                              hungarian_match, pwmcc_matrix, subspace_overlap)
+    from .consistency import (consensus_features, disjoint_seeds, feature_stability, gaussian_decoders,
+                              ground_truth_alignment, hungarian_match, pwmcc_matrix, subspace_overlap)
     from .stats import bootstrap_over_seeds
 
-    core = consistency_summary(decoders, seeds, n_resamples, stats_seed, alpha)
     d_sae, d_in = decoders[0].shape
-    gaussian = gaussian_decoders(len(seeds), d_sae, d_in, core["random_seeds"], trained_seeds=seeds)
+    random_seeds = disjoint_seeds(seeds, len(seeds))
+    gaussian = gaussian_decoders(len(seeds), d_sae, d_in, random_seeds, trained_seeds=seeds)
+    # the same Gaussian decoders serve the PWMCC statistics and every comparison below
+    core = consistency_summary(decoders, seeds, n_resamples, stats_seed, alpha, gaussian, random_seeds)
     groups = {"trained": list(decoders), "random": gaussian}
     if untrained_decoders is not None:
         untrained_m = pwmcc_matrix(untrained_decoders)

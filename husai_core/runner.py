@@ -247,7 +247,6 @@ def run_notebook(
     # OpenMP threads that spin while waiting make torch ~10x slower whenever another process
     # holds a core (measured on a shared 2-core machine); passive waiting costs little when idle.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ["HUSAI_PROGRESS"] = "0"
     start = time.perf_counter()
     error = None
     try:
