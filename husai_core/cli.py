@@ -19,18 +19,40 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a notebook parameter (YAML value); repeatable")
     run.add_argument("--seeds", help="comma-separated seeds: one run per seed (e.g. 42,123,456)")
     run.add_argument("--run-id", help="name of the run folder (default: profile and timestamp)")
-    run.add_argument("--resume", action="store_true", help="skip when a finished run with the same parameters exists")
-    run.add_argument("--no-index", action="store_true", help="do not rebuild reports/index.html")
+    run.add_argument("--resume", action="store_true",
+                     help="skip when the newest finished run has the same parameters, code and upstream runs")
+    run.add_argument("--no-index", action="store_true",
+                     help="do not rebuild the profile's report index (reports/index.html for full, "
+                          "reports/<profile>/index.html otherwise)")
 
     pipe = sub.add_parser("pipeline", help="run the main job (every phase of `make run`) and build the index")
     pipe.add_argument("--profile", default="full")
-    pipe.add_argument("--resume", action="store_true", help="skip phases already finished with the same parameters")
+    pipe.add_argument("--resume", action="store_true",
+                      help="skip phases whose parameters, code and upstream runs are unchanged (a rerun phase "
+                           "reruns everything after it); prints why each phase was skipped or rerun")
 
-    sub.add_parser("index", help="rebuild reports/index.html from the latest runs")
+    sub.add_parser("index", help="rebuild the report indexes from the latest runs: reports/index.html (full "
+                                 "profile only) and reports/<profile>/index.html for every other profile")
 
     gate = sub.add_parser("gate", help="print a run's acceptance gates (its results.json or run folder)")
     gate.add_argument("results", help="runs/<notebook>/<run>/results.json or the run folder")
     gate.add_argument("--fail-on-gate-fail", action="store_true", help="exit with code 2 when a gate failed")
+
+    cmp = sub.add_parser("compare", help="compare SAEs from anywhere (SAELens, sparsify, dictionary_learning, ours) "
+                                         "across seeds against nulls (notebook 10_compare)")
+    cmp.add_argument("paths", nargs="+", metavar="PATH",
+                     help="SAE checkpoint folder/file, or a cached SAELens pretrained release/sae_id")
+    cmp.add_argument("--labels", nargs="+", metavar="LABEL",
+                     help="one label per PATH (or comma-separated); equal labels = seeds of one configuration")
+    cmp.add_argument("--activations", metavar="SOURCE",
+                     help="a HUSAI activation cache folder or a folder of <dataset>_<hook>.pt files")
+    cmp.add_argument("--hook", help="the hook to read from --activations")
+    cmp.add_argument("--out", metavar="DIR", help="also copy results.json and report.html here")
+    cmp.add_argument("--profile", default="full", help="parameter profile under params/ (default: full)")
+    cmp.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a notebook parameter (YAML value), e.g. -p n_resamples=2000; repeatable")
+    cmp.add_argument("--run-id", help="name of the run folder (default: profile and timestamp)")
+    cmp.add_argument("--no-index", action="store_true", help="do not rebuild the profile's report index")
 
     show = sub.add_parser("params", help="list the notebooks, or one notebook's parameters and profile values")
     show.add_argument("notebook", nargs="?")
@@ -61,20 +83,33 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             results = [runner.run_notebook(args.notebook, args.profile, overrides, run_id=args.run_id, resume=args.resume)]
         for res in results:
+            if res.resume:
+                seed = f" seed {res.manifest['seed']}" if res.manifest.get("seed") is not None else ""
+                print(f"{res.manifest['notebook']}{seed}: {res.resume}")
             headline = ", ".join(f"{k}={report._fmt(v)}" for k, v in res.results.get("headline", {}).items())
             print(f"{res.run_dir}  {headline}")
         if not args.no_index:
-            print(f"index: {report.build_index()}")
+            print(f"index: {report.build_index(profile=args.profile)}")
     elif args.command == "pipeline":
         runner.run_main_job(args.profile, resume=args.resume)
     elif args.command == "index":
-        print(report.build_index())
+        for path in report.build_indexes().values():
+            print(path)
     elif args.command == "gate":
         from . import release
 
         gates = release.load_gates(args.results)
         print(release.format_gates(gates))
         return release.gate_exit_code(gates, args.fail_on_gate_fail)
+    elif args.command == "compare":
+        from .compare import run_compare
+
+        res = run_compare(args.paths, args.labels, args.activations, args.hook, args.out, args.profile,
+                          runner.parse_overrides(args.param), run_id=args.run_id, index=not args.no_index)
+        headline = ", ".join(f"{k}={report._fmt(v)}" for k, v in res.results.get("headline", {}).items())
+        print(f"{res.run_dir}  {headline}")
+        if args.out:
+            print(f"copied results.json and report.html to {args.out}")
     elif args.command == "params":
         if not args.notebook:
             print("\n".join(runner.list_notebooks()))

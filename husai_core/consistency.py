@@ -3,6 +3,9 @@
 A dictionary is a decoder matrix of shape ``(d_sae, d_in)``: one row per feature (SAELens
 ``W_dec`` layout). Every function accepts torch tensors or numpy arrays. Similarities are
 absolute cosines: a feature and its negation are the same direction for our purposes.
+``pwmcc``/``pwmcc_matrix`` also take ``signed=True`` (signed cosines: latents are non-negative,
+so a decoder direction's sign means something); one-to-one matchings on signed cosines
+(PW-MCC, shared latents, activation matching) live in ``husai_core.matching``.
 Rows of zero norm (e.g. never-trained features) are kept and have similarity 0 with
 everything, so they can never count as a match.
 
@@ -132,47 +135,59 @@ def _check_chunk(chunk_size: int | None, n_cols: int, n_rows: int) -> int:
 
 # --------------------------------------------------------------------------- core pass
 class _PairMaxima(NamedTuple):
-    row_max: torch.Tensor  # (n_a,) best |cos| of each row of A against B
-    col_max: torch.Tensor  # (n_b,) best |cos| of each row of B against A
+    row_max: torch.Tensor  # (n_a,) best |cos| (signed: best cos) of each row of A against B
+    col_max: torch.Tensor  # (n_b,) best |cos| (signed: best cos) of each row of B against A
     row_arg: torch.Tensor | None
     col_arg: torch.Tensor | None
 
 
-def _block_maxima(a: torch.Tensor, bs: torch.Tensor, chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """|cos| maxima of ``a`` (n_a, d) against m stacked dictionaries ``bs`` (m, n_b, d) in one
-    chunked pass: row maxima (n_a, m) and column maxima (m, n_b)."""
+def _block_maxima(a: torch.Tensor, bs: torch.Tensor, chunk_size: int | None,
+                  signed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """|cos| maxima (``signed``: cos maxima) of ``a`` (n_a, d) against m stacked dictionaries
+    ``bs`` (m, n_b, d) in one chunked pass: row maxima (n_a, m) and column maxima (m, n_b)."""
     m, n_b, _ = bs.shape
     n_a = a.shape[0]
     chunk = _check_chunk(chunk_size, m * n_b, n_a)
     row_max = torch.empty(n_a, m, device=a.device)
-    col_max = torch.zeros(m, n_b, device=a.device)  # |cos| >= 0, so 0 is a safe start
+    if signed:  # signed cos can be negative: running maxima must start below -1
+        col_max = torch.full((m, n_b), -math.inf, device=a.device)
+    else:
+        col_max = torch.zeros(m, n_b, device=a.device)  # |cos| >= 0, so 0 is a safe start
     flat_t = bs.reshape(m * n_b, -1).T
     buf = torch.empty(min(chunk, n_a), m * n_b, device=a.device)  # reused: fresh buffers cost page faults
     for start in range(0, n_a, chunk):
         stop = min(start + chunk, n_a)
-        sim = torch.mm(a[start:stop], flat_t, out=buf[: stop - start]).abs_()  # in place: no 2nd buffer
+        sim = torch.mm(a[start:stop], flat_t, out=buf[: stop - start])
+        if not signed:
+            sim = sim.abs_()  # in place: no 2nd buffer
         sim = sim.view(stop - start, m, n_b)
         row_max[start:stop] = sim.amax(dim=2)
         torch.maximum(col_max, sim.amax(dim=0), out=col_max)
     return row_max, col_max
 
 
-def _pair_maxima(a: torch.Tensor, b: torch.Tensor, chunk_size: int | None, with_index: bool = False) -> _PairMaxima:
-    """One chunked pass over |A B^T| keeping row maxima and running column maxima."""
+def _pair_maxima(a: torch.Tensor, b: torch.Tensor, chunk_size: int | None, with_index: bool = False,
+                 signed: bool = False) -> _PairMaxima:
+    """One chunked pass over |A B^T| (``signed``: A B^T) keeping row maxima and running column maxima."""
     if not with_index:
-        rows, cols = _block_maxima(a, b.unsqueeze(0), chunk_size)
+        rows, cols = _block_maxima(a, b.unsqueeze(0), chunk_size, signed=signed)
         return _PairMaxima(rows[:, 0], cols[0], None, None)
     n_a, n_b = a.shape[0], b.shape[0]
     chunk = _check_chunk(chunk_size, n_b, n_a)
     row_max = torch.empty(n_a, device=a.device)
-    col_max = torch.zeros(n_b, device=a.device)  # |cos| >= 0, so 0 is a safe start
+    if signed:  # signed cos can be negative: running maxima must start below -1
+        col_max = torch.full((n_b,), -math.inf, device=a.device)
+    else:
+        col_max = torch.zeros(n_b, device=a.device)  # |cos| >= 0, so 0 is a safe start
     row_arg = torch.empty(n_a, dtype=torch.long, device=a.device)
     col_arg = torch.zeros(n_b, dtype=torch.long, device=a.device)
     bt = b.T
     buf = torch.empty(min(chunk, n_a), n_b, device=a.device)  # reused: a fresh 32 MiB per chunk costs page faults
     for start in range(0, n_a, chunk):
         stop = min(start + chunk, n_a)
-        sim = torch.mm(a[start:stop], bt, out=buf[: stop - start]).abs_()  # in place: no second buffer
+        sim = torch.mm(a[start:stop], bt, out=buf[: stop - start])
+        if not signed:
+            sim = sim.abs_()  # in place: no second buffer
         row_max[start:stop], row_arg[start:stop] = sim.max(dim=1)
         cvals, cidx = sim.max(dim=0)
         better = cvals > col_max  # strict: ties keep the earliest row, like argmax
@@ -188,20 +203,25 @@ def _pwmcc_from(m: _PairMaxima) -> float:
 
 # --------------------------------------------------------------------------- PWMCC
 def pwmcc(dec_a: Decoder, dec_b: Decoder, chunk_size: int | None = None,
-          device: str | torch.device | None = None) -> float:
+          device: str | torch.device | None = None, *, signed: bool = False) -> float:
     """Pairwise mean max cosine similarity of two dictionaries.
 
     With unit rows and ``C = |D_a D_b^T|``: ``0.5 * (mean_i max_j C_ij + mean_j max_i C_ij)``.
+    ``signed=True`` (signed PWMCC): the same with the signed cosines ``C = D_a D_b^T``, so the
+    value lies in [-1, 1] and a feature's negation is no match (negating a one-feature
+    dictionary gives -1 here, 1 with the default ``|cos|``).
     Exact (no sampling); memory is ``chunk_size x d_sae_b`` floats at a time
     (default: about 32 MiB). ``device`` defaults to the first tensor input's device.
     """
     a, b = _prepare([dec_a, dec_b], ["dec_a", "dec_b"], device)
-    return _pwmcc_from(_pair_maxima(a, b, chunk_size))
+    return _pwmcc_from(_pair_maxima(a, b, chunk_size, signed=signed))
 
 
 def pwmcc_matrix(decoders: Sequence[Decoder], chunk_size: int | None = None,
-                 device: str | torch.device | None = None, progress: bool = False) -> np.ndarray:
+                 device: str | torch.device | None = None, progress: bool = False, *,
+                 signed: bool = False) -> np.ndarray:
     """Symmetric ``(n, n)`` PWMCC over all pairs (diagonal 1); each dictionary is normalised once.
+    ``signed=True``: signed PWMCC (see ``pwmcc``).
 
     With equal d_sae, dictionary i is compared with a group of the following dictionaries in
     one pass (the group is sized so a chunk keeps >= MIN_CHUNK_ROWS rows); ``chunk_size``
@@ -218,7 +238,7 @@ def pwmcc_matrix(decoders: Sequence[Decoder], chunk_size: int | None = None,
         blocks = [(i, j, j + 1) for i in range(n) for j in range(i + 1, n)]
     for i, j0, j1 in _maybe_tqdm(blocks, progress, "PWMCC blocks"):
         others = stacked[j0:j1] if stacked is not None else mats[j0].unsqueeze(0)
-        rows, cols = _block_maxima(mats[i], others, chunk_size)
+        rows, cols = _block_maxima(mats[i], others, chunk_size, signed=signed)
         # float64 means: 16k float32 terms would otherwise lose ~1e-4 relative precision
         vals = 0.5 * (rows.double().mean(dim=0) + cols.double().mean(dim=1)).cpu().numpy()
         out[i, j0:j1] = out[j0:j1, i] = vals

@@ -9,7 +9,6 @@ SAE checkpoints of one configuration sit together so later phases find them:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -17,8 +16,10 @@ import pandas as pd
 import torch
 
 from .errors import HusaiError
-from .io import config_hash, read_json, write_json
+from .io import config_hash, load_tensors, read_json, save_tensors, write_json
+from .metrics import evaluate_sae
 from .sae import BaseSAE, SAEConfig, load_sae, save_sae, train_saes
+from .store import artifact_key, key_matches, tensor_fingerprint
 
 SAE_FIELDS = {f.name for f in dataclasses.fields(SAEConfig)}
 
@@ -49,30 +50,60 @@ class SeedSAE(NamedTuple):
     sae: BaseSAE
     history: pd.DataFrame
     metrics: dict[str, Any]
-    path: Path
+    path: Path | None
+
+
+BACKENDS = ("husai", "sae_lens")
+SNAPSHOTS_FILE = "snapshots.safetensors"
 
 
 def data_fingerprint(x: torch.Tensor, x_target: torch.Tensor | None = None) -> str:
     """Hash of the training rows, so a checkpoint is never reused after the activations change."""
-    h = hashlib.sha256()
-    for t in (x, x_target):
-        if t is not None:
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.detach().cpu().float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return tensor_fingerprint(x, x_target)
 
 
-def _load_seed(folder: Path, seed: int, cfg: SAEConfig, fingerprint: str) -> SeedSAE | None:
+def sae_key(cfg: SAEConfig, seed: int, fingerprint: str, backend: str = "husai") -> dict[str, Any]:
+    """The artifact key of one seed's SAE: settings + seed + backend, the training rows, the SAE code."""
+    return artifact_key("sae", {"config": cfg.to_dict(), "seed": int(seed), "backend": backend},
+                        {"train_rows": fingerprint})
+
+
+def _load_seed(folder: Path, seed: int, cfg: SAEConfig, key: dict[str, Any]) -> SeedSAE | None:
     if not (folder / "metrics.json").is_file():
         return None
     metrics = read_json(folder / "metrics.json", "SAE metrics")
-    if metrics.get("data_fingerprint") != fingerprint:
-        return None  # trained on other activations (or before fingerprints): retrain
+    if not key_matches(metrics.get("key"), key):
+        return None  # other settings, other rows or older code: retrain
     sae = load_sae(folder)
     if sae.cfg != cfg:
         return None
     history = pd.DataFrame(read_json(folder / "history.json", "SAE training history"))
     return SeedSAE(seed, sae, history, metrics, folder)
+
+
+def _train(cfg: SAEConfig, x: torch.Tensor, seeds: list[int], x_target, device: str, progress: bool,
+           backend: str, snapshot_steps: tuple[int, ...], objective: Any = None):
+    if objective is not None:  # one fresh objective per seed, so cached matchings never leak between seeds
+        from .sae import train_sae
+
+        results = []
+        for seed in seeds:
+            obj = objective.fresh()
+            res = train_sae(cfg, x, seed, x_target=x_target, device=device, progress=progress, extra_loss=obj,
+                            snapshot_steps=snapshot_steps)
+            with torch.no_grad():  # the unweighted penalty of the final decoder (a fresh matching)
+                res.metrics["final_penalty"] = float(objective.fresh().penalty(res.sae.W_dec.detach()))
+            res.metrics["n_solves"] = getattr(obj, "n_solves", None)
+            results.append(res)
+        return results
+    if backend == "husai":
+        return train_saes(cfg, x, seeds, x_target=x_target, device=device, progress=progress,
+                          snapshot_steps=snapshot_steps)
+    from .sae.saelens_backend import train_with_backend
+
+    if x_target is not None:
+        raise HusaiError("the sae_lens backend trains plain SAEs, not transcoders")
+    return train_with_backend(cfg, x, seeds, backend=backend, device=device, progress=progress)
 
 
 def train_or_load_saes(
@@ -84,22 +115,67 @@ def train_or_load_saes(
     reuse: bool = True,
     progress: bool = False,
     device: str = "auto",
+    backend: str = "husai",
+    snapshot_steps: tuple[int, ...] = (),
+    heldout: torch.Tensor | None = None,
+    heldout_target: torch.Tensor | None = None,
+    objective: Any = None,
 ) -> list[SeedSAE]:
-    """One SAE per seed: finished seeds (same config, same data) are loaded, the rest trained and saved."""
+    """One SAE per seed: a seed whose stored key (config, seed, backend, fingerprint of the
+    training rows, SAE code version) matches is loaded, the rest trained and saved.
+
+    ``backend``: ``husai`` (our trainer) or ``sae_lens`` (SAELens's own trainer on the same
+    rows, imported). ``snapshot_steps`` keeps the SAE after those steps (``snapshots.safetensors``;
+    husai backend). ``heldout`` rows (not used in training) are evaluated into
+    ``metrics["heldout"]``; the training-row metrics stay at the top level. ``objective``
+    (``objectives.DecoderAlignment``) adds a consistency regulariser to training; its identity
+    must be part of ``cfg`` (``cfg.extra``) so regularised and plain SAEs never share a key.
+    """
+    if backend not in BACKENDS:
+        raise HusaiError(f"unknown SAE training backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     folder = Path(folder)
     fingerprint = data_fingerprint(x, x_target)
-    done = {s: _load_seed(folder / f"seed{s}", s, cfg, fingerprint) for s in seeds} if reuse else {}
+    keys = {s: sae_key(cfg, s, fingerprint, backend) for s in seeds}
+    done = {s: _load_seed(folder / f"seed{s}", s, cfg, keys[s]) for s in seeds} if reuse else {}
+    if snapshot_steps:  # a checkpoint kept without the requested snapshots is retrained with them
+        done = {s: d for s, d in done.items() if d is not None and (d.path / SNAPSHOTS_FILE).is_file()}
+    for s, d in list(done.items()):
+        if d is not None and heldout is not None and "heldout" not in d.metrics:
+            metrics = {**d.metrics, "heldout": evaluate_sae(d.sae, heldout, heldout_target)}
+            write_json(d.path / "metrics.json", metrics)
+            done[s] = d._replace(metrics=metrics)
     todo = [s for s in seeds if done.get(s) is None]
     if todo:
-        for seed, res in zip(todo, train_saes(cfg, x, todo, x_target=x_target, device=device, progress=progress)):
+        results = _train(cfg, x, todo, x_target, device, progress, backend, tuple(snapshot_steps), objective)
+        for seed, res in zip(todo, results):
             out = folder / f"seed{seed}"
             save_sae(res.sae, out)
             write_json(out / "history.json", res.history.to_dict(orient="list"))
-            # metrics.json last: its presence (with the data fingerprint) marks a complete checkpoint
-            write_json(out / "metrics.json", {**res.metrics, "seed": seed, "data_fingerprint": fingerprint,
-                                              **{f"info_{k}": v for k, v in res.info.items()}})
+            if res.snapshots:
+                save_tensors(out / SNAPSHOTS_FILE, {f"step{step}.{name}": t for step, tensors in res.snapshots.items()
+                                                    for name, t in tensors.items()})
+            metrics = {**res.metrics, "seed": seed, "data_fingerprint": fingerprint, "key": keys[seed],
+                       "backend": backend, **{f"info_{k}": v for k, v in res.info.items()}}
+            if heldout is not None:
+                metrics["heldout"] = evaluate_sae(res.sae.cpu(), heldout, heldout_target)
+            # metrics.json last: its presence (with the key) marks a complete checkpoint
+            write_json(out / "metrics.json", metrics)
             done[seed] = SeedSAE(seed, res.sae.cpu(), res.history, read_json(out / "metrics.json"), out)
     return [done[s] for s in seeds]
+
+
+def load_snapshots(folder: str | Path, cfg: SAEConfig) -> dict[int, BaseSAE]:
+    """The SAEs kept during training of one seed (``snapshot_steps``), keyed by steps done."""
+    from .sae.checkpoint import sae_from_public
+
+    path = Path(folder) / SNAPSHOTS_FILE
+    if not path.is_file():
+        raise HusaiError(f"no training snapshots in {folder} (train with snapshot_steps)")
+    grouped: dict[int, dict[str, torch.Tensor]] = {}
+    for name, t in load_tensors(path, "SAE snapshots").items():
+        step, public = name.split(".", 1)
+        grouped.setdefault(int(step.removeprefix("step")), {})[public] = t
+    return {step: sae_from_public(cfg, tensors, str(path)).eval() for step, tensors in sorted(grouped.items())}
 
 
 def load_saes(folder: str | Path, seeds: list[int]) -> list[SeedSAE]:
@@ -227,45 +303,105 @@ def trained_vs_random(
 
 # ---------------------------------------------------------------- sweeps of SAE configurations
 
+SWEEP_CONDITIONS = ("trained", "gaussian_matched")
+
+
+def point_data(spec: dict[str, Any]) -> tuple[dict[str, Any], Any, torch.Tensor]:
+    """Pop a sweep point's data keys; return (remaining spec, the condition's rows, its d_in source x).
+
+    Data keys: ``artifacts``, ``layout``, ``hook``; optional ``condition`` (``trained`` or
+    ``gaussian_matched``, default trained), ``null_data_seed`` (1), ``heldout_fraction`` (0.2)
+    and ``split_seed`` (0) — the phase-4 split, so a configuration phase 4 trained is reused.
+    """
+    from .activations import load_cache
+    from .conditions import condition_data, heldout_split
+
+    spec = dict(spec)
+    art, layout, hook = spec.pop("artifacts"), spec.pop("layout"), spec.pop("hook")
+    condition = spec.pop("condition", "trained")
+    null_seed = int(spec.pop("null_data_seed", 1))
+    fraction, split_seed = float(spec.pop("heldout_fraction", 0.2)), int(spec.pop("split_seed", 0))
+    if condition not in SWEEP_CONDITIONS:
+        raise HusaiError(f"sweep condition {condition!r} is not supported; choose one of {', '.join(SWEEP_CONDITIONS)}")
+    x = load_cache(Path(art) / "activations" / layout).get(hook)
+    data = condition_data(condition, x, heldout_split(x.shape[0], fraction, split_seed), data_seed=null_seed)
+    return {**spec, "_where": (art, layout, hook, condition)}, data, x
+
+
 def train_point(spec: dict[str, Any]) -> dict[str, Any]:
     """One sweep point: train (or load) the SAE of ``spec`` for ``spec['seed']``; return its metrics.
 
-    ``spec`` holds ``artifacts``, ``layout``, ``hook`` and SAEConfig fields (plus ``seed``).
+    ``spec`` holds the data keys of ``point_data`` and SAEConfig fields (plus ``seed``). EV, L0
+    and dead fraction are on the condition's held-out rows (``train_ev``: training rows).
     Top-level and self-contained so a process-pool or Dask worker can run it.
     """
-    from .activations import load_cache
+    from .conditions import train_or_load_condition
 
-    spec = dict(spec)
-    art, layout, hook, seed = spec.pop("artifacts"), spec.pop("layout"), spec.pop("hook"), int(spec.pop("seed"))
-    x = load_cache(Path(art) / "activations" / layout).get(hook)
+    spec, data, x = point_data(spec)
+    (art, layout, hook, condition), seed = spec.pop("_where"), int(spec.pop("seed"))
     cfg = sae_config(x.shape[1], spec)
-    (res,) = train_or_load_saes(sae_dir(art, layout, hook, cfg), cfg, x, [seed])
-    return {"ev": res.metrics["ev"], "l0": res.metrics["l0"], "mse": res.metrics["mse"],
-            "dead_fraction": res.metrics["dead_fraction"], "checkpoint": str(res.path), "config_id": config_id(cfg)}
+    (res,) = train_or_load_condition(art, layout, hook, cfg, data, [seed])
+    held = res.metrics["heldout"]
+    return {"ev": held["ev"], "l0": held["l0"], "mse": held["mse"], "dead_fraction": held["dead_fraction"],
+            "train_ev": res.metrics["ev"], "checkpoint": str(res.path), "config_id": config_id(cfg),
+            "condition": condition}
+
+
+def _pwmcc_stats(decoders: list, seeds: list[int], null_decoders: list, null_seeds: list[int], n_resamples: int,
+                 stats_seed: int, alpha: float) -> dict[str, Any]:
+    """Trained vs one trained null on PWMCC: bootstrap CIs, permutation test, LCB, verdict."""
+    from .consistency import pwmcc_matrix
+    from .stats import bootstrap_over_seeds, conservative_lcb, seed_permutation_test, verdict
+
+    joint = pwmcc_matrix(list(decoders) + list(null_decoders))
+    n = len(decoders)
+    t = bootstrap_over_seeds(joint[:n, :n], n_resamples, seed=stats_seed)
+    r = bootstrap_over_seeds(joint[n:, n:], n_resamples, seed=stats_seed)
+    perm = seed_permutation_test(joint, ["trained"] * n + ["null"] * len(null_decoders), n_resamples, seed=stats_seed)
+    v = verdict(t, r, perm, alpha=alpha)
+    return {"null": r.mean, "null_ci_low": r.ci_low, "null_ci_high": r.ci_high, "null_ratio": v.ratio,
+            "null_difference": v.difference, "null_lcb": conservative_lcb(t, r), "null_p": perm.p_value,
+            "null_verdict": v.label, "null_seeds": len(null_seeds)}
 
 
 def summarise_sweep(table: pd.DataFrame, by: list[str], n_resamples: int = 10_000, stats_seed: int = 0,
                     alpha: float = 0.05) -> pd.DataFrame:
-    """One row per configuration: trained vs random PWMCC with CIs, ratio, LCB, and mean EV/L0/dead."""
+    """One row per configuration: trained PWMCC with CIs against the isotropic baseline
+    (``random``, ``ratio``, ``lcb``, ``permutation_p``, ``verdict``) and, when the table has
+    ``condition == "gaussian_matched"`` points, against that trained null (``null*`` columns);
+    mean held-out EV / L0 / dead fraction of the trained seeds."""
+    if "condition" not in table:
+        table = table.assign(condition="trained")
+    trained_t, null_t = table[table.condition == "trained"], table[table.condition == "gaussian_matched"]
     rows = []
-    for key, group in table.groupby(by, sort=True):
+    for key, group in trained_t.groupby(by, sort=True):
         group = group.sort_values("seed")
         seeds = group.seed.astype(int).tolist()
         decoders = [load_sae(path).W_dec.detach() for path in group.checkpoint]
         s = consistency_summary(decoders, seeds, n_resamples, stats_seed, alpha)
-        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "n_seeds": len(seeds),
-                     "pwmcc": s["trained"]["mean"], "pwmcc_ci_low": s["trained"]["ci_low"],
-                     "pwmcc_ci_high": s["trained"]["ci_high"], "random": s["random"]["mean"],
-                     "random_ci_high": s["random"]["ci_high"], "ratio": s["ratio"], "difference": s["difference"],
-                     "lcb": s["lcb"], "permutation_p": s["permutation"]["p_value"], "verdict": s["verdict"]["label"],
-                     "ev": group.ev.mean(), "l0": group.l0.mean(), "dead_fraction": group.dead_fraction.mean()})
+        values = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        row = {**values, "n_seeds": len(seeds),
+               "pwmcc": s["trained"]["mean"], "pwmcc_ci_low": s["trained"]["ci_low"],
+               "pwmcc_ci_high": s["trained"]["ci_high"], "random": s["random"]["mean"],
+               "random_ci_high": s["random"]["ci_high"], "ratio": s["ratio"], "difference": s["difference"],
+               "lcb": s["lcb"], "permutation_p": s["permutation"]["p_value"], "verdict": s["verdict"]["label"],
+               "ev": group.ev.mean(), "l0": group.l0.mean(), "dead_fraction": group.dead_fraction.mean()}
+        nulls = null_t
+        for col, v in values.items():
+            nulls = nulls[nulls[col] == v]
+        if len(nulls) >= 2:
+            nulls = nulls.sort_values("seed")
+            row |= _pwmcc_stats(decoders, seeds, [load_sae(p).W_dec.detach() for p in nulls.checkpoint],
+                                nulls.seed.astype(int).tolist(), n_resamples, stats_seed, alpha)
+            row["null_ev"] = nulls.ev.mean()
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- phases 5-6: ablation sweeps and the frontier
 
 # Keys of a sweep point that say where the data live; everything else is an SAEConfig field.
-POINT_DATA_KEYS = ("artifacts", "layout", "hook")
+POINT_DATA_KEYS = ("artifacts", "layout", "hook", "condition", "null_data_seed", "heldout_fraction", "split_seed")
 # The coefficient that sets the sparsity of the architectures without a k (the default knob a
 # calibration moves), and every knob it may move instead (each lowers L0 as it grows).
 CALIBRATED_COEFF = {"relu": "l1_coeff", "jumprelu": "l0_coeff"}
@@ -300,13 +436,17 @@ def select_by_lcb(summary: pd.DataFrame, alpha: float = 0.05,
     target") restricts the candidates; the correction still counts every condition tested.
     Returns the summary with ``p_holm``, ``significant``, ``eligible`` and ``selected`` columns,
     and a description of the selection (rule, correction, number of conditions, winner row).
+    The LCB and p are against the strongest null the summary has: the trained
+    ``gaussian_matched`` null (``null_lcb``, ``null_p``) when present, else the isotropic one.
     """
     from .stats import holm
 
     if summary.empty:
         raise HusaiError("cannot select from an empty sweep summary")
     out = summary.copy().reset_index(drop=True)
-    h = holm(out.permutation_p.to_numpy(), alpha=alpha)
+    against = "gaussian_matched" if "null_lcb" in out and out.null_lcb.notna().all() else "isotropic"
+    lcb_col, p_col = ("null_lcb", "null_p") if against == "gaussian_matched" else ("lcb", "permutation_p")
+    h = holm(out[p_col].to_numpy(), alpha=alpha)
     out["p_holm"], out["significant"] = h.adjusted, h.reject
     flags = [True] * len(out) if eligible is None else [bool(e) for e in eligible]
     if len(flags) != len(out):
@@ -314,11 +454,13 @@ def select_by_lcb(summary: pd.DataFrame, alpha: float = 0.05,
     out["eligible"] = flags
     pool = out[out.eligible] if out.eligible.any() else out
     pool = pool[pool.significant] if pool.significant.any() else pool
-    best = int(pool.lcb.idxmax())
+    best = int(pool[lcb_col].idxmax())
     out["selected"] = out.index == best
     return out, {
-        "rule": f"highest LCB among {'eligible ' if eligible is not None else ''}configurations with Holm-adjusted "
-                f"permutation p <= {alpha:g} (the highest LCB overall when none qualifies)",
+        "rule": f"highest LCB against the {against} null among {'eligible ' if eligible is not None else ''}"
+                f"configurations with Holm-adjusted permutation p <= {alpha:g} (the highest LCB overall when none "
+                f"qualifies)",
+        "against": against, "lcb_column": lcb_col,
         "correction": "Holm", "n_conditions": int(len(out)), "alpha": float(alpha),
         "significant": bool(out.significant[best]), "eligible": bool(out.eligible[best]),
         "row": out.loc[best].to_dict(),
@@ -440,9 +582,10 @@ def frontier_summary(table: pd.DataFrame, by: str = "architecture", thresholds: 
     from .consistency import disjoint_seeds, gaussian_decoders
 
     summary = summarise_sweep(table, [by], n_resamples, stats_seed, alpha)
+    trained = table[table.condition == "trained"] if "condition" in table else table
     extra = []
     for value in summary[by]:
-        group = table[table[by] == value].sort_values("seed")
+        group = trained[trained[by] == value].sort_values("seed")
         seeds = group.seed.astype(int).tolist()
         decoders = [load_sae(path).W_dec.detach() for path in group.checkpoint]
         d_sae, d_in = decoders[0].shape

@@ -4,12 +4,16 @@ Every phase that trains SAEs (03, 04, the sweeps of 05 through ``train_point``) 
 ``<artifacts>/saes/<layout>/<hook>/<config_id>/seed<N>/``, so that folder tree *is* the
 cached sweep grid. This module
 
-- scans the tree into a tidy table, one row per configuration (:func:`scan_grid`);
+- scans the tree into a tidy table, one row per configuration (:func:`scan_grid`). Seeds are
+  never pooled across training data: each seed's ``metrics.json`` records the fingerprint of
+  the rows it was trained on (and its key the SAE code version), and a configuration shows
+  only the seeds trained like its newest checkpoint; seeds trained on other (older) data or
+  code are left out with a warning, listed as ``stale_seeds``, and Train retrains them;
 - summarises one configuration: trained vs Gaussian-random PWMCC with seed-level CIs, ratio,
   LCB, verdict, mean EV / L0 / dead fraction, and the Hungarian-matched similarities of one
   seed pair (:func:`config_summary`). Summaries are memoised in-process and persisted as
-  ``explorer_summary.json`` beside the seeds, keyed by the checkpoint files' size and mtime,
-  so a retrained seed invalidates them;
+  ``explorer_summary.json`` beside the seeds, keyed by the content hashes of the seeds'
+  checkpoint and metrics files and their data fingerprints, so a retrained seed invalidates them;
 - drives an ipywidgets UI (:class:`Explorer`): architecture / d_sae / k sliders over the grid,
   train-on-demand for a point that is not cached, and a plotly ``FigureWidget``.
 
@@ -36,12 +40,12 @@ from plotly.subplots import make_subplots
 
 from .errors import HusaiError
 from .experiments import SAE_FIELDS, config_id, consistency_summary, sae_config, sae_dir, train_or_load_saes
-from .io import config_hash, read_json, to_jsonable, write_json
+from .io import config_hash, file_sha256, read_json, to_jsonable, write_json
 from .sae import SAEConfig, load_sae
 from .sae.config import ALIASES, ARCHITECTURES, TOPK_FAMILY
 
 SUMMARY_FILE = "explorer_summary.json"
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2  # 2: keyed on checkpoint content hashes and data fingerprints
 # Values offered on the sliders when train-on-demand is on, besides those in the grid.
 DEFAULT_K = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DEFAULT_D_SAE = (32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -50,7 +54,7 @@ DEFAULT_COEFFS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 DEFAULT_MATCH_LIMIT = 4096
 GRID_COLUMNS = ["layout", "hook", "architecture", "transcoder", "d_in", "d_sae", "sparsity_name", "sparsity", "k",
                 "l1_coeff", "l0_coeff", "steps", "batch_size", "lr", "config_id", "seeds", "n_seeds", "ev", "l0",
-                "dead_fraction", "folder", "config"]
+                "dead_fraction", "data_fingerprint", "stale_seeds", "folder", "config"]
 NOT_CACHED = "not cached — press Train"
 TRAINED_COLOUR, RANDOM_COLOUR = "#1f77b4", "#d62728"
 
@@ -83,27 +87,69 @@ def complete_seeds(folder: str | Path) -> list[int]:
     return sorted(out)
 
 
-def _scan_config(folder: Path, layout: str, hook: str) -> dict[str, Any] | None:
-    cfg, seeds, metrics = None, [], []
+def training_identity(metrics: dict[str, Any]) -> tuple[str | None, str | None]:
+    """What a seed was trained on: (fingerprint of the training rows, SAE code version of its key).
+
+    Seeds of one configuration are comparable only when these are equal."""
+    key = metrics.get("key")
+    return metrics.get("data_fingerprint"), key.get("code") if isinstance(key, dict) else None
+
+
+def _read_seeds(folder: Path, warn: bool = True) -> list[dict[str, Any]]:
+    """Every finished, readable seed of a configuration folder: seed, config, metrics, when written."""
+    out = []
     for seed in complete_seeds(folder):
         d = folder / f"seed{seed}"
         try:
             meta = read_json(d / "config.json", "SAE config")
             c = SAEConfig.from_dict(meta["config"])
             m = read_json(d / "metrics.json", "SAE metrics")
-        except (HusaiError, KeyError, TypeError) as exc:
+            written = (d / "metrics.json").stat().st_mtime_ns
+        except (HusaiError, KeyError, TypeError, OSError) as exc:
             # one damaged seed must not hide the rest of the grid
-            warnings.warn(f"explorer: skipping unreadable SAE checkpoint {d} ({exc})", stacklevel=3)
+            if warn:
+                warnings.warn(f"explorer: skipping unreadable SAE checkpoint {d} ({exc})", stacklevel=4)
             continue
+        out.append({"seed": seed, "config": c, "metrics": m, "written": written, "identity": training_identity(m)})
+    return out
+
+
+def seed_groups(folder: str | Path) -> list[dict[str, Any]]:
+    """The finished seeds of one configuration folder grouped by ``training_identity``, newest first.
+
+    Each group: ``seeds``, ``data_fingerprint``, ``code`` and ``written`` (ns time of its newest
+    ``metrics.json``). The first group holds the seeds trained like the newest checkpoint.
+    """
+    groups: dict[tuple, dict[str, Any]] = {}
+    for e in _read_seeds(Path(folder), warn=False):
+        g = groups.setdefault(e["identity"], {"data_fingerprint": e["identity"][0], "code": e["identity"][1],
+                                              "seeds": [], "written": 0})
+        g["seeds"].append(e["seed"])
+        g["written"] = max(g["written"], e["written"])
+    return sorted(groups.values(), key=lambda g: g["written"], reverse=True)
+
+
+def _scan_config(folder: Path, layout: str, hook: str) -> dict[str, Any] | None:
+    cfg, entries = None, []
+    for e in _read_seeds(folder):
         if cfg is None:
-            cfg = c
-        elif c != cfg:
-            warnings.warn(f"explorer: skipping {d}: its config differs from seed{seeds[0]} of the same folder", stacklevel=3)
+            cfg = e["config"]
+        elif e["config"] != cfg:
+            warnings.warn(f"explorer: skipping {folder / ('seed%d' % e['seed'])}: its config differs from "
+                          f"seed{entries[0]['seed']} of the same folder", stacklevel=3)
             continue
-        seeds.append(seed)
-        metrics.append(m)
+        entries.append(e)
     if cfg is None:
         return None
+    # Never pool seeds trained on different data (or code): keep those trained like the newest checkpoint.
+    newest = max(entries, key=lambda e: e["written"])["identity"]
+    stale = [e["seed"] for e in entries if e["identity"] != newest]
+    entries = [e for e in entries if e["identity"] == newest]
+    if stale:
+        warnings.warn(f"explorer: {folder.name}: seed(s) {stale} were trained on other data or code than the newest "
+                      f"checkpoint (seeds {[e['seed'] for e in entries]}, data {newest[0]}); they are left out, not "
+                      "pooled (retrain them, e.g. with Train)", stacklevel=3)
+    seeds, metrics = [e["seed"] for e in entries], [e["metrics"] for e in entries]
 
     def mean(key: str) -> float:
         vals = [float(m[key]) for m in metrics if key in m]
@@ -115,7 +161,8 @@ def _scan_config(folder: Path, layout: str, hook: str) -> dict[str, Any] | None:
             "k": cfg.k, "l1_coeff": cfg.l1_coeff, "l0_coeff": cfg.l0_coeff, "steps": cfg.steps,
             "batch_size": cfg.batch_size, "lr": cfg.lr, "config_id": folder.name, "seeds": seeds,
             "n_seeds": len(seeds), "ev": mean("ev"), "l0": mean("l0"), "dead_fraction": mean("dead_fraction"),
-            "folder": str(folder), "config": cfg.to_dict()}
+            "data_fingerprint": newest[0], "stale_seeds": sorted(stale), "folder": str(folder),
+            "config": cfg.to_dict()}
 
 
 def scan_grid(artifacts: str | Path, layout: str | None = None, hook: str | None = None) -> pd.DataFrame:
@@ -126,6 +173,10 @@ def scan_grid(artifacts: str | Path, layout: str | None = None, hook: str | None
     ``sparsity_name``), the seeds available and their mean EV / L0 / dead fraction from each
     seed's ``metrics.json``. ``layout`` / ``hook`` restrict the scan. Unfinished seeds (no
     ``metrics.json``) are ignored; unreadable ones are skipped with a warning.
+
+    ``seeds`` are only those trained on the same data (and SAE code) as the configuration's
+    newest checkpoint (``data_fingerprint``); seeds trained otherwise are never pooled with
+    them: they are listed in ``stale_seeds`` (with a warning) and left out of every number.
     """
     art = Path(artifacts)
     if not art.is_dir():
@@ -157,17 +208,36 @@ def _sparsity_is(values: pd.Series, value: float) -> np.ndarray:
 
 def _fingerprint(folder: Path, seeds: list[int], n_resamples: int, stats_seed: int, alpha: float,
                  match_limit: int | None) -> dict[str, Any]:
-    files = {}
+    """The key of a persisted summary: settings, and per seed the content hashes of its checkpoint
+    and metrics and the fingerprint of its training data, so any retrained seed invalidates it."""
+    files, data = {}, {}
     for s in seeds:
         for name in ("sae.safetensors", "metrics.json"):
             path = folder / f"seed{s}" / name
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                raise HusaiError(f"missing SAE checkpoint file {path} (seed {s} of {folder.name} is not finished)") from None
-            files[f"seed{s}/{name}"] = [st.st_size, st.st_mtime_ns]
+            if not path.is_file():
+                raise HusaiError(f"missing SAE checkpoint file {path} (seed {s} of {folder.name} is not finished)")
+            files[f"seed{s}/{name}"] = file_sha256(path)
+        data[f"seed{s}"] = list(training_identity(read_json(folder / f"seed{s}" / "metrics.json", "SAE metrics")))
     return to_jsonable({"version": SUMMARY_VERSION, "seeds": seeds, "n_resamples": int(n_resamples),
-                        "stats_seed": int(stats_seed), "alpha": float(alpha), "match_limit": match_limit, "files": files})
+                        "stats_seed": int(stats_seed), "alpha": float(alpha), "match_limit": match_limit,
+                        "files": files, "data": data})
+
+
+def _check_same_training(folder: Path, seeds: list[int]) -> None:
+    """A summary never pools seeds trained on different data or code: raise naming them."""
+    ids = {}
+    for s in seeds:
+        path = folder / f"seed{s}" / "metrics.json"
+        if not path.is_file():
+            raise HusaiError(f"missing SAE checkpoint file {path} (seed {s} of {folder.name} is not finished)")
+        ids[s] = training_identity(read_json(path, "SAE metrics"))
+    if len(set(ids.values())) > 1:
+        by: dict[tuple, list[int]] = {}
+        for s, i in ids.items():
+            by.setdefault(i, []).append(s)
+        detail = "; ".join(f"seeds {ss}: data {i[0]}, code {i[1]}" for i, ss in by.items())
+        raise HusaiError(f"seeds of {folder.name} were trained on different data or code ({detail}); "
+                         "a consistency summary never pools them: pick seeds of one group or retrain the others")
 
 
 def _match_dict(m: Any) -> dict[str, Any]:
@@ -197,7 +267,8 @@ def _compute_summary(folder: Path, seeds: list[int], n_resamples: int, stats_see
     per_seed = {key: [float(m.get(key, math.nan)) for m in metrics] for key in ("ev", "l0", "dead_fraction", "mse")}
     field = sparsity_field(cfg.architecture)
     return to_jsonable({
-        "config_id": folder.name, "folder": str(folder), "architecture": cfg.architecture, "transcoder": cfg.transcoder,
+        "config_id": folder.name, "folder": str(folder), "data_fingerprint": metrics[0].get("data_fingerprint"),
+        "architecture": cfg.architecture, "transcoder": cfg.transcoder,
         "d_in": cfg.d_in, "d_sae": cfg.d_sae, "sparsity_name": field, "sparsity": getattr(cfg, field),
         "config": cfg.to_dict(), "seeds": seeds, "random_seeds": random_seeds,
         "trained": core["trained"], "random": core["random"], "ratio": core["ratio"], "difference": core["difference"],
@@ -216,6 +287,8 @@ def config_summary(folder: str | Path, seeds: Sequence[int] | None = None, n_res
                    persist: bool = True) -> dict[str, Any]:
     """Consistency summary of one cached configuration (all finished seeds unless ``seeds`` is given).
 
+    Only seeds trained on the same data and code are summarised together: by default those of
+    the newest checkpoint (``seed_groups``); explicit ``seeds`` that mix trainings are an error.
     Trained vs random PWMCC with bootstrap-over-seeds CIs, ratio, LCB, permutation p and verdict
     (``experiments.consistency_summary`` on i.i.d. Gaussian decoders with disjoint seeds), mean
     and per-seed EV / L0 / dead fraction, and the Hungarian-matched |cos| of the first seed pair
@@ -224,10 +297,17 @@ def config_summary(folder: str | Path, seeds: Sequence[int] | None = None, n_res
     checkpoints and settings are unchanged. Treat the returned dict as read-only.
     """
     folder = Path(folder)
-    seeds = complete_seeds(folder) if seeds is None else sorted({int(s) for s in seeds})
+    if seeds is None:
+        groups = seed_groups(folder)
+        seeds = sorted(groups[0]["seeds"]) if groups else []
+        stale = sorted(s for g in groups[1:] for s in g["seeds"])
+    else:
+        seeds, stale = sorted({int(s) for s in seeds}), []
     if len(seeds) < 2:
+        note = f" (seeds {stale} were trained on other data or code and are not pooled)" if stale else ""
         raise HusaiError(f"configuration {folder.name} needs at least 2 finished seeds for a consistency summary; "
-                         f"found {seeds} in {folder}")
+                         f"found {seeds} in {folder}{note}")
+    _check_same_training(folder, seeds)
     fp = _fingerprint(folder, seeds, n_resamples, stats_seed, alpha, match_limit)
     key = config_hash({"folder": str(folder.resolve()), **fp})
     if key in _MEMO:
@@ -280,7 +360,8 @@ def summarise_grid(grid: pd.DataFrame, n_resamples: int = 10_000, stats_seed: in
     for _, g in grid[grid.n_seeds >= 2].iterrows():
         s = config_summary(g.folder, g.seeds, n_resamples, stats_seed, alpha, match_limit, persist)
         rows.append({"layout": g.layout, "hook": g.hook, "transcoder": g.transcoder, **summary_row(s),
-                     "steps": g.steps, "batch_size": g.batch_size, "lr": g.lr, "seeds": g.seeds})
+                     "steps": g.steps, "batch_size": g.batch_size, "lr": g.lr, "seeds": g.seeds,
+                     "data_fingerprint": g.data_fingerprint})
     table = pd.DataFrame(rows)
     if rows:
         from .stats import holm
@@ -640,7 +721,7 @@ class Explorer:
         cid = self.variant.value
         state: dict[str, Any] = {"architecture": arch, "d_sae": d, "sparsity_name": sparsity_field(arch) if arch else None,
                                  "sparsity": s, "config_id": cid, "seeds_cached": [], "seeds_missing": [],
-                                 "folder": None}
+                                 "stale_seeds": [], "data_fingerprint": None, "folder": None}
         try:
             wanted = self.train_seeds()
             seeds_error = None
@@ -657,7 +738,9 @@ class Explorer:
             cached = list(row.seeds.iloc[0]) if not row.empty else []
             folder = Path(row.folder.iloc[0]) if not row.empty else sae_dir(self.artifacts, self.layout, self.hook,
                                                                            self._variant_cfgs[cid])
-            state.update(seeds_cached=cached, seeds_missing=[x for x in wanted if x not in cached], folder=str(folder))
+            state.update(seeds_cached=cached, seeds_missing=[x for x in wanted if x not in cached], folder=str(folder),
+                         stale_seeds=list(row.stale_seeds.iloc[0]) if not row.empty else [],
+                         data_fingerprint=row.data_fingerprint.iloc[0] if not row.empty else None)
             if len(cached) >= 2:
                 self.status.value = f"computing the summary of {cid} …"  # seconds for a large uncached one
                 try:
@@ -723,7 +806,10 @@ class Explorer:
 
     def _train(self, cfg: SAEConfig, seeds: list[int]) -> None:
         folder = sae_dir(self.artifacts, self.layout, self.hook, cfg)
-        done = set(complete_seeds(folder))
+        # done: the seeds the grid shows (trained like the newest checkpoint); a seed trained on
+        # other data is retrained (train_or_load_saes reuses a seed only for the same data)
+        row = self.grid[self.grid.config_id == config_id(cfg)]
+        done = set(row.seeds.iloc[0]) if not row.empty else set()
         todo = [s for s in seeds if s not in done]
         self.train_progress.max, self.train_progress.value = max(1, len(todo)), 0
         if todo:

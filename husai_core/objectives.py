@@ -238,38 +238,9 @@ def train_or_load_regularised(folder: str | Path, cfg, x: Tensor, seeds: list[in
     Checkpoints use the same layout (``seed<N>/`` with ``metrics.json`` written last), so
     ``experiments.load_saes`` reads them; metrics also record the final penalty value.
     """
-    import pandas as pd
+    from .experiments import train_or_load_saes
 
-    from .experiments import SeedSAE, data_fingerprint, train_or_load_saes
-    from .io import read_json, write_json
-    from .sae import load_sae, save_sae, train_sae
-
-    if objective is None:
-        return train_or_load_saes(folder, cfg, x, seeds, progress=progress, device=device)
-    folder = Path(folder)
-    fingerprint = data_fingerprint(torch.as_tensor(x))
-    out = []
-    for seed in seeds:
-        path = folder / f"seed{seed}"
-        if (path / "metrics.json").is_file():
-            metrics = read_json(path / "metrics.json", "SAE metrics")
-            sae = load_sae(path) if metrics.get("data_fingerprint") == fingerprint else None
-            if sae is not None and sae.cfg == cfg:  # same config, objective, reference and data: reuse
-                out.append(SeedSAE(seed, sae, pd.DataFrame(read_json(path / "history.json", "SAE training history")),
-                                   metrics, path))
-                continue
-        obj = objective.fresh()
-        res = train_sae(cfg, x, seed, device=device, progress=progress, extra_loss=obj)
-        n_solves = getattr(obj, "n_solves", None)
-        with torch.no_grad():  # the unweighted penalty of the final decoder (a fresh matching)
-            final = float(objective.fresh().penalty(res.sae.W_dec.detach()))
-        save_sae(res.sae, path)
-        write_json(path / "history.json", res.history.to_dict(orient="list"))
-        write_json(path / "metrics.json", {**res.metrics, "seed": seed, "data_fingerprint": fingerprint,
-                                           "final_penalty": final, "n_solves": n_solves,
-                                           **{f"info_{k}": v for k, v in res.info.items()}})
-        out.append(SeedSAE(seed, res.sae.cpu(), res.history, read_json(path / "metrics.json"), path))
-    return out
+    return train_or_load_saes(folder, cfg, x, seeds, progress=progress, device=device, objective=objective)
 
 
 def train_regularised_point(spec: dict[str, Any]) -> dict[str, Any]:
@@ -386,7 +357,7 @@ def _decoders(paths: list[str]) -> list[Tensor]:
 
 def summarise_objectives(table, seeds: list[int], control_seeds: list[int], n_resamples: int = 10_000,
                          stats_seed: int = 0, alpha: float = 0.05, min_gain: float = 0.01,
-                         max_collapse_share: float = 0.5):
+                         max_collapse_share: float = 0.5, null_table=None):
     """One row per (objective, lambda) from a phase-8 sweep table (``objective``, ``lam``,
     ``seed``, ``checkpoint``, ``ev``, ``l0``, ``dead_fraction``, ``reference_alignment``);
     the lambda-0 row (``objective == "none"``) is repeated under every objective as its baseline.
@@ -396,12 +367,19 @@ def summarise_objectives(table, seeds: list[int], control_seeds: list[int], n_re
     to reference A) and ``seed_alignment``; ``cross_pwmcc`` (seeds vs ``control_seeds``, which
     were pulled towards reference B); ``control_pwmcc`` (among control seeds, NaN with one);
     ``ev``, ``ev_drop`` (EV at lambda 0 minus EV), ``l0``, ``dead_fraction``; and the
-    ``collapse_diagnostics`` fields.
+    ``collapse_diagnostics`` fields. With ``null_table`` (sweep rows of the unregularised
+    config trained on ``gaussian_matched`` rows: ``seed``, ``checkpoint``) every row is also
+    judged against that null (``null``, ``null_lcb``, ``null_p``, ``null_verdict``, ...).
     """
     import pandas as pd
 
     from .consistency import pwmcc_matrix
-    from .experiments import consistency_summary
+    from .experiments import _pwmcc_stats, consistency_summary
+
+    null_decs = null_seeds = None
+    if null_table is not None:
+        null_table = null_table.sort_values("seed")
+        null_decs, null_seeds = _decoders(list(null_table.checkpoint)), null_table.seed.astype(int).tolist()
 
     seeds, control_seeds = [int(s) for s in seeds], [int(s) for s in control_seeds]
 
@@ -430,7 +408,9 @@ def summarise_objectives(table, seeds: list[int], control_seeds: list[int], n_re
                 else float("nan"),
                 "ev": float(main.ev.mean()), "l0": float(main.l0.mean()), "dead_fraction": float(main.dead_fraction.mean()),
                 "seed_alignment": [float(v) for v in main.reference_alignment],
-                "trained_pairs": s["trained_pairs"], "cross_pairs": joint[:n, n:].ravel().tolist()}
+                "trained_pairs": s["trained_pairs"], "cross_pairs": joint[:n, n:].ravel().tolist(),
+                **(_pwmcc_stats(decs[:n], seeds, null_decs, null_seeds, n_resamples, stats_seed, alpha)
+                   if null_decs is not None else {})}
 
     base = measure("none", 0.0)
     rows = []

@@ -86,12 +86,13 @@ def gates_record(gates: Sequence[Gate]) -> dict[str, Any]:
 
 
 def consistency_gates(difference: float, lcb: float, ev_drop: float, ev_drop_limit: float = 0.05,
-                      prefix: str = "", collapse: bool | None = None) -> list[Gate]:
-    """Phase-8 acceptance of one regularised configuration: trained - random difference >= 0,
-    LCB >= 0, EV drop from lambda 0 <= ``ev_drop_limit``; with ``collapse`` given, also a
-    gate that the agreement is not a collapse onto the reference."""
-    gates = [check_gate(f"{prefix}difference >= 0", difference, 0.0, ">=", "mean PWMCC trained - random"),
-             check_gate(f"{prefix}LCB >= 0", lcb, 0.0, ">=", "trained CI low - random CI high"),
+                      prefix: str = "", collapse: bool | None = None, against: str = "random") -> list[Gate]:
+    """Phase-8 acceptance of one regularised configuration: trained - null difference >= 0,
+    LCB >= 0 (against the null named by ``against``), EV drop from lambda 0 <= ``ev_drop_limit``;
+    with ``collapse`` given, also a gate that the agreement is not a collapse onto the reference."""
+    vs = "" if against == "random" else f" vs {against}"
+    gates = [check_gate(f"{prefix}difference{vs} >= 0", difference, 0.0, ">=", f"mean PWMCC trained - {against}"),
+             check_gate(f"{prefix}LCB{vs} >= 0", lcb, 0.0, ">=", f"trained CI low - {against} CI high"),
              check_gate(f"{prefix}EV drop <= {ev_drop_limit:g}", ev_drop, ev_drop_limit, "<=", "EV(lambda 0) - EV")]
     if collapse is not None:
         gates.append(check_gate(f"{prefix}no collapse onto the reference", float(bool(collapse)), 0.0, "<=",
@@ -127,8 +128,13 @@ def format_gates(gates: Sequence[Gate]) -> str:
 
 # ---------------------------------------------------------------- selection
 
+NULL_COLUMNS = {"random": ("lcb", "difference", "permutation_p"),
+                "gaussian_matched": ("null_lcb", "null_difference", "null_p")}
+
+
 def select_candidate(summary: pd.DataFrame, eligible: Sequence[bool] | pd.Series | None = None, alpha: float = 0.05,
-                     tie_tol: float = 1e-12, ev_col: str = "ev", eligibility: str = "eligible") -> tuple[pd.DataFrame, dict[str, Any]]:
+                     tie_tol: float = 1e-12, ev_col: str = "ev", eligibility: str = "eligible",
+                     against: str = "random") -> tuple[pd.DataFrame, dict[str, Any]]:
     """Best conservative LCB among the eligible candidates; ties (within ``tie_tol``) broken by
     the larger difference, then the larger EV.
 
@@ -136,24 +142,29 @@ def select_candidate(summary: pd.DataFrame, eligible: Sequence[bool] | pd.Series
     ``summarise_sweep`` table). Returns the table with ``p_holm``, ``significant``,
     ``eligible``, ``rank`` (1 = winner, among the eligible) and ``selected``, and a description.
     When no candidate is eligible the description has ``status == "none"`` and ``row`` None.
+    ``against="gaussian_matched"`` ranks by the ``null_*`` columns (the trained null) instead.
     """
     from .stats import holm
 
-    need = {"lcb", "difference", "permutation_p", ev_col} - set(summary.columns)
+    if against not in NULL_COLUMNS:
+        raise HusaiError(f"unknown null {against!r} to select against; choose one of {', '.join(NULL_COLUMNS)}")
+    lcb_col, diff_col, p_col = NULL_COLUMNS[against]
+    need = {lcb_col, diff_col, p_col, ev_col} - set(summary.columns)
     if summary.empty or need:
         raise HusaiError(f"cannot select from this summary: {'it is empty' if summary.empty else f'missing {sorted(need)}'}")
     out = summary.copy().reset_index(drop=True)
     mask = [True] * len(out) if eligible is None else [bool(e) for e in eligible]
     if len(mask) != len(out):
         raise HusaiError(f"eligible has {len(mask)} entries for {len(out)} candidates")
-    h = holm(out.permutation_p.to_numpy(), alpha=alpha)
+    h = holm(out[p_col].to_numpy(), alpha=alpha)
     out["p_holm"], out["significant"], out["eligible"] = h.adjusted, h.reject, mask
-    order = _ranking(out[out.eligible], ev_col, tie_tol)
+    order = _ranking(out[out.eligible], (lcb_col, diff_col, ev_col), tie_tol)
     out["rank"] = pd.Series([None] * len(out), dtype=object)
     out.loc[order, "rank"] = range(1, len(order) + 1)
     out["selected"] = False
-    rule = (f"highest LCB among the candidates that are {eligibility}; ties (within {tie_tol:g}) by the larger "
-            f"trained - random difference, then the larger EV; permutation p-values Holm-adjusted across all "
+    rule = (f"highest LCB against the {against} null among the candidates that are {eligibility}; ties (within "
+            f"{tie_tol:g}) by the larger trained - {against} difference, then the larger EV; permutation p-values "
+            f"Holm-adjusted across all "
             f"{len(out)} candidates (alpha {alpha:g}), reported, not used to filter")
     base = {"rule": rule, "correction": "Holm", "n_conditions": int(len(out)), "alpha": float(alpha),
             "n_eligible": int(sum(mask))}
@@ -166,11 +177,11 @@ def select_candidate(summary: pd.DataFrame, eligible: Sequence[bool] | pd.Series
                  "reason": f"best LCB among {sum(mask)} {eligibility} of {len(out)} candidates"}
 
 
-def _ranking(pool: pd.DataFrame, ev_col: str, tie_tol: float) -> list[int]:
+def _ranking(pool: pd.DataFrame, columns: tuple[str, str, str], tie_tol: float) -> list[int]:
     """Indices of ``pool`` best first: LCB, then difference, then EV (each tie within tie_tol)."""
     def key(i: int) -> tuple:
         r = pool.loc[i]
-        return (r.lcb, r.difference, r[ev_col])
+        return tuple(r[c] for c in columns)
 
     remaining = list(pool.index)
     order = []
@@ -195,7 +206,7 @@ def select_adaptive_k(summary: pd.DataFrame, ev_floor: float, alpha: float = 0.0
 
 
 def select_under_ev_drop(summary: pd.DataFrame, ev_drop_limit: float = 0.05, alpha: float = 0.05,
-                         tie_tol: float = 1e-12) -> tuple[pd.DataFrame, dict[str, Any]]:
+                         tie_tol: float = 1e-12, against: str = "random") -> tuple[pd.DataFrame, dict[str, Any]]:
     """Phase 8: the lambda > 0 with the best LCB among those whose ``ev_drop`` (EV at lambda 0
     minus EV) is within ``ev_drop_limit``; lambda 0 is the baseline, never the selection."""
     if "lam" not in summary or "ev_drop" not in summary:
@@ -204,7 +215,7 @@ def select_under_ev_drop(summary: pd.DataFrame, ev_drop_limit: float = 0.05, alp
     if candidates.empty:
         raise HusaiError("select_under_ev_drop: no lambda > 0 to select from")
     table, choice = select_candidate(candidates, candidates.ev_drop <= ev_drop_limit, alpha, tie_tol,
-                                     eligibility=f"within the EV-drop limit {ev_drop_limit:g}")
+                                     eligibility=f"within the EV-drop limit {ev_drop_limit:g}", against=against)
     return table, {**choice, "ev_drop_limit": float(ev_drop_limit)}
 
 

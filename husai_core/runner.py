@@ -5,6 +5,13 @@ into ``runs/<name>/<run_id>/`` (executed ``notebook.ipynb``, ``params.yaml``,
 ``results.json`` written by the notebook, ``manifest.json``, ``report.html``). The run is
 built in a ``.partial`` folder and renamed when complete, so a crash never leaves a
 half-written run that looks finished.
+
+Every manifest records what a run was made from: ``params_hash`` (notebook, profile and
+parameters), ``code_version`` (every ``husai_core`` source plus the notebook's own ``.py``,
+``store.run_code_version``) and ``upstream`` (the run ids of the main-job phases before it,
+one per seed for the per-seed phase; notebooks outside the main job come after all of it).
+``resume`` skips a run only when all three equal the current ones, so rerunning phase 01 or
+editing the code reruns everything downstream.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ MAIN_JOB: list[tuple[str, bool]] = [
     ("01_transformer", False),
     ("02_activations", False),
     ("03_sae_training", True),
-    ("04_trained_vs_random", False),
+    ("04_trained_vs_nulls", False),
 ]
 
 
@@ -186,21 +193,120 @@ class RunResult(NamedTuple):
     run_dir: Path
     results: dict
     manifest: dict
+    # with resume=True: "skipped (unchanged)" or "rerun: <reason>"; None otherwise
+    resume: str | None = None
 
 
-def _find_complete_run(notebook: str, params_hash: str) -> Path | None:
-    folder = runs_dir() / notebook
-    done = [m.parent for m in folder.glob("*/manifest.json")
-            if not m.parent.name.startswith(".") and _manifest_ok(m, params_hash)]
-    return max(done, key=lambda p: p.stat().st_mtime) if done else None
+SKIPPED = "skipped (unchanged)"
 
 
-def _manifest_ok(path: Path, params_hash: str) -> bool:
-    try:
-        m = read_json(path)
-    except HusaiError:
-        return False
-    return m.get("status") == "ok" and m.get("params_hash") == params_hash and (path.parent / "results.json").is_file()
+def finished_runs(notebook: str, profile: str, seed: int | None = None,
+                  per_seed: bool = False) -> list[tuple[Path, dict]]:
+    """Successful runs of ``notebook`` on ``profile`` (folder, manifest), newest first.
+
+    ``per_seed``: only the runs of ``seed`` (the per-seed batch mode); otherwise every run of
+    the profile, whatever its seed.
+    """
+    found = []
+    for path in (runs_dir() / notebook).glob("*/manifest.json"):
+        if path.parent.name.startswith(".") or path.parent.name.endswith(".failed"):
+            continue
+        try:
+            m = read_json(path)
+        except HusaiError:
+            continue  # a damaged manifest is not a finished run
+        if (m.get("status") != "ok" or m.get("profile") != profile or not (path.parent / "results.json").is_file()
+                or (per_seed and m.get("seed") != seed)):
+            continue
+        found.append((str(m.get("finished") or ""), path.stat().st_mtime_ns, path.parent, m))
+    found.sort(key=lambda t: t[:2], reverse=True)
+    return [(folder, m) for _, _, folder, m in found]
+
+
+def _main_job_before(notebook: str) -> list[tuple[str, bool]]:
+    names = [n for n, _ in MAIN_JOB]
+    return MAIN_JOB[:names.index(notebook)] if notebook in names else list(MAIN_JOB)
+
+
+def current_upstream(notebook: str, profile: str, params: dict[str, Any] | None = None) -> dict[str, list[str]]:
+    """Run ids of the latest finished runs of the main-job phases before ``notebook`` on ``profile``.
+
+    The per-seed phase contributes one id per seed: the seeds in ``params['seeds']`` for a
+    main-job phase that declares them (phase 04), else the profile's pipeline seeds. A notebook
+    outside the main job reads the main job's artifacts, so every main-job phase is upstream.
+    """
+    params = params or {}
+    in_main = notebook in {n for n, _ in MAIN_JOB}
+    seeds = params.get("seeds") if in_main and isinstance(params.get("seeds"), list) else pipeline_seeds(profile)
+    upstream: dict[str, list[str]] = {}
+    for name, per_seed in _main_job_before(notebook):
+        if per_seed:
+            runs = [finished_runs(name, profile, int(s), per_seed=True)[:1] for s in seeds]
+            upstream[name] = [r[0][1]["run_id"] for r in runs if r]
+        else:
+            upstream[name] = [m["run_id"] for _, m in finished_runs(name, profile)[:1]]
+    return upstream
+
+
+def resume_decision(notebook: str, profile: str, seed: int | None, params_hash: str, code_version: str,
+                    upstream: dict[str, list[str]]) -> tuple[Path | None, str]:
+    """(run folder to reuse, ``SKIPPED``) or (None, ``"rerun: <reason>"``).
+
+    The candidate is the newest finished run of the notebook on the profile (of ``seed`` for a
+    per-seed run), the one whose artifacts later phases see; it is reused only when its params
+    hash, code version and upstream run ids all equal the current ones.
+    """
+    runs = finished_runs(notebook, profile, seed, per_seed=seed is not None)
+    if not runs:
+        return None, "rerun: no finished run"
+    folder, m = runs[0]
+    if m.get("params_hash") != params_hash:
+        return None, "rerun: parameters changed"
+    if m.get("code_version") != code_version:
+        return None, "rerun: code changed" if m.get("code_version") else "rerun: no code version recorded"
+    stored = m.get("upstream")
+    if stored != upstream:
+        if not isinstance(stored, dict):
+            return None, "rerun: no upstream runs recorded"
+        order = [n for n, _ in MAIN_JOB]
+        changed = sorted({n for n in {*stored, *upstream} if stored.get(n) != upstream.get(n)},
+                         key=lambda n: (order.index(n) if n in order else len(order), n))
+        return None, f"rerun: upstream changed ({', '.join(changed)})"
+    return folder, SKIPPED
+
+
+class _Prepared(NamedTuple):
+    path: Path
+    name: str
+    nb: Any
+    params: dict[str, Any]
+    params_hash: str
+    seed: int | None  # set for a per-seed run (``seed`` given as an override)
+    code_version: str
+    upstream: dict[str, list[str]]
+
+
+def _prepare(notebook: str, profile: str, overrides: dict[str, Any],
+             upstream: dict[str, list[str]] | None) -> _Prepared:
+    from .store import run_code_version
+
+    path = resolve_notebook(notebook)
+    name = path.stem
+    nb = read_notebook(path)
+    params = resolve_params(name, nb, profile, overrides)
+    seed = params["seed"] if "seed" in overrides else None
+    params_for_hash = {k: v for k, v in params.items() if k not in RUNNER_PARAMS}
+    params_hash = config_hash({"notebook": name, "profile": profile, "params": params_for_hash})
+    upstream = to_jsonable(upstream if upstream is not None else current_upstream(name, profile, params))
+    return _Prepared(path, name, nb, params, params_hash, seed, run_code_version(path), upstream)
+
+
+def plan_run(notebook: str, profile: str = "smoke", overrides: dict[str, Any] | None = None,
+             upstream: dict[str, list[str]] | None = None) -> tuple[Path | None, str]:
+    """What ``run_notebook(..., resume=True)`` would do: (finished run to reuse, ``SKIPPED``) or
+    (None, ``"rerun: <reason>"``). ``upstream`` defaults to ``current_upstream``."""
+    prep = _prepare(notebook, profile, dict(overrides or {}), upstream)
+    return resume_decision(prep.name, profile, prep.seed, prep.params_hash, prep.code_version, prep.upstream)
 
 
 def run_notebook(
@@ -211,22 +317,34 @@ def run_notebook(
     render: bool = True,
     resume: bool = False,
     log_output: bool = False,
+    upstream: dict[str, list[str]] | None = None,
 ) -> RunResult:
-    """Execute one notebook with ``profile`` + ``overrides``; return its run folder and results."""
+    """Execute one notebook with ``profile`` + ``overrides``; return its run folder and results.
+
+    ``resume``: return the newest finished run instead when its params hash, code version and
+    upstream run ids equal the current ones (``RunResult.resume`` says which happened and why).
+    ``upstream``: the run ids of the phases this run builds on (``run_main_job`` passes the
+    ones it just ran); default: the latest finished ones (``current_upstream``).
+    """
     import papermill as pm
 
-    path = resolve_notebook(notebook)
-    name = path.stem
-    nb = read_notebook(path)
     overrides = dict(overrides or {})
-    params = resolve_params(name, nb, profile, overrides)
+    prep = _prepare(notebook, profile, overrides, upstream)
+    name, nb, params, params_hash = prep.name, prep.nb, prep.params, prep.params_hash
     seed_tag = f"-seed{params['seed']}" if "seed" in overrides else ""
-    params_for_hash = {k: v for k, v in params.items() if k not in RUNNER_PARAMS}
-    params_hash = config_hash({"notebook": name, "profile": profile, "params": params_for_hash})
-    if resume and (done := _find_complete_run(name, params_hash)):
-        return RunResult(done, read_json(done / "results.json"), read_json(done / "manifest.json"))
+    decision = None
+    if resume:
+        done, decision = resume_decision(name, profile, prep.seed, params_hash, prep.code_version, prep.upstream)
+        if done is not None:
+            return RunResult(done, read_json(done / "results.json"), read_json(done / "manifest.json"), decision)
 
-    run_id = run_id or f"{profile}-{datetime.now().strftime('%Y%m%d-%H%M%S')}{seed_tag}"
+    if run_id is None:  # unique, so an upstream run id always names one run
+        run_id = base_id = f"{profile}-{datetime.now().strftime('%Y%m%d-%H%M%S')}{seed_tag}"
+        n = 1
+        while any((runs_dir() / name / f"{prefix}{run_id}{suffix}").exists()
+                  for prefix, suffix in (("", ""), ("", ".failed"), (".", ".partial"))):
+            n += 1
+            run_id = f"{base_id}-{n}"
     final_dir = runs_dir() / name / run_id
     work_dir = final_dir.with_name(f".{run_id}.partial")
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -239,6 +357,7 @@ def run_notebook(
 
     manifest = {
         "notebook": name, "run_id": run_id, "profile": profile, "params_hash": params_hash,
+        "code_version": prep.code_version, "upstream": prep.upstream,
         "seed": params.get("seed") if seed_tag else None, "seeds": params.get("seeds"),
         "git_commit": git_commit(), "packages": package_versions(), "python": sys.version.split()[0],
         "device": device_name(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -273,7 +392,7 @@ def run_notebook(
     if final_dir.exists():  # same run id given again: replace it only now that the new run is complete
         shutil.rmtree(final_dir)
     work_dir.rename(final_dir)
-    return RunResult(final_dir, read_json(final_dir / "results.json"), manifest)
+    return RunResult(final_dir, read_json(final_dir / "results.json"), manifest, decision)
 
 
 def run_seeds(notebook: str, profile: str, seeds: list[int], overrides: dict[str, Any] | None = None,
@@ -297,18 +416,48 @@ def pipeline_seeds(profile: str) -> list[int]:
     return [int(s) for s in load_profile("pipeline", profile).get("seeds", [42, 123, 456, 789, 1011])]
 
 
+def phase_decision(decisions: list[str], seeds: list[int] | None = None) -> str:
+    """One line for a phase from its runs' resume decisions (one per seed for a per-seed phase)."""
+    if all(d == SKIPPED for d in decisions):
+        return SKIPPED
+    if seeds is None or len(set(decisions)) == 1:
+        return decisions[0]
+    groups: dict[str, list[int]] = {}
+    for seed, d in zip(seeds, decisions):
+        groups.setdefault(d, []).append(seed)
+
+    def who(ss: list[int]) -> str:
+        return f"seed{'s' if len(ss) > 1 else ''} {', '.join(map(str, ss))}"
+
+    parts = [f"{who(ss)}: {d.removeprefix('rerun: ')}" for d, ss in groups.items() if d != SKIPPED]
+    if SKIPPED in groups:
+        parts.append(f"{who(groups[SKIPPED])} {SKIPPED}")
+    return "rerun: " + "; ".join(parts)
+
+
 def run_main_job(profile: str = "full", resume: bool = False, echo=print) -> list[RunResult]:
+    """Phases 01-04 in order, each recording the run ids it builds on (``upstream``); with
+    ``resume`` a phase is skipped only when its parameters, code and upstream runs are unchanged,
+    and one line per phase says ``skipped (unchanged)`` or ``rerun: <reason>``."""
     from .report import build_index
 
     results, seeds = [], pipeline_seeds(profile)
+    upstream: dict[str, list[str]] = {}
     for name, per_seed in MAIN_JOB:
         start = time.perf_counter()
-        if per_seed:
-            results += run_seeds(name, profile, seeds, resume=resume)
+        if per_seed:  # one papermill run per seed
+            runs = [{"seed": int(s)} for s in seeds]
         else:
             extra = {"seeds": seeds} if "seeds" in notebook_parameters(read_notebook(resolve_notebook(name))) else {}
-            results.append(run_notebook(name, profile, extra, resume=resume))
-        echo(f"[husai] {name}: done in {time.perf_counter() - start:.0f}s")
-    index = build_index()
+            runs = [extra]
+        if resume:
+            decisions = [plan_run(name, profile, overrides, upstream)[1] for overrides in runs]
+            echo(f"[husai] {name}: {phase_decision(decisions, seeds if per_seed else None)}")
+        phase = [run_notebook(name, profile, overrides, resume=resume, upstream=dict(upstream)) for overrides in runs]
+        results += phase
+        upstream[name] = [r.manifest["run_id"] for r in phase]
+        if not resume or any(r.resume != SKIPPED for r in phase):
+            echo(f"[husai] {name}: done in {time.perf_counter() - start:.0f}s")
+    index = build_index(profile=profile)
     echo(f"[husai] report index: {index}")
     return results

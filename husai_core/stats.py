@@ -194,6 +194,31 @@ def seed_permutation_test(joint_matrix, labels: Sequence[Hashable], n_permutatio
     return PermutationResult(observed, (1 + exceed) / (1 + int(n_permutations)), int(n_permutations), False, n_t, n_r)
 
 
+def bootstrap_difference_p(trained_matrix, null_matrix, n_resamples: int = 10_000, seed: int = 0) -> float:
+    """One-sided p for "trained mean > null mean" when the two groups have no cross pairs.
+
+    Used for metrics whose cross-condition values do not exist (activation matching needs
+    both SAEs on the same rows; each condition has its own rows), so the seed permutation test
+    cannot run. Seeds are resampled independently within each group (as in
+    ``bootstrap_over_seeds``); p = (1 + #{resampled difference <= 0}) / (1 + n_valid), i.e.
+    the share of the bootstrap distribution of the difference at or below zero.
+    """
+    def draws(matrix, rng_seed: int) -> np.ndarray:
+        m = _pairwise(matrix)
+        n = m.shape[0]
+        idx = np.random.default_rng(rng_seed).integers(0, n, size=(int(n_resamples), n))
+        vals = m[idx[:, :, None], idx[:, None, :]]
+        valid = idx[:, :, None] != idx[:, None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(valid, vals, 0.0).sum(axis=(1, 2)) / valid.sum(axis=(1, 2))
+
+    diff = draws(trained_matrix, seed) - draws(null_matrix, seed + 1)
+    diff = diff[np.isfinite(diff)]
+    if diff.size == 0:
+        raise HusaiError("no valid bootstrap resample for the difference test")
+    return float((1 + (diff <= 0).sum()) / (1 + diff.size))
+
+
 def conservative_lcb(trained_boot: BootstrapResult, random_boot: BootstrapResult) -> float:
     """LCB = trained CI low - random CI high: > 0 only when the two intervals are separated."""
     return float(trained_boot.ci_low - random_boot.ci_high)

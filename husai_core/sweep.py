@@ -4,6 +4,12 @@ Each point (one configuration, one seed) is a call ``fn(spec) -> dict`` of a top
 function, so it can run in another process. A finished point's result is written
 atomically to ``<out>/points/<key>.json``; a rerun skips every point that has one, so an
 interrupted sweep resumes without redoing work and never sees a half-written result.
+
+A point's key names what its result depends on besides the seed: the configuration, the
+identity of the data it trains on (``data_id``, e.g. ``store.tensor_fingerprint`` of the
+activations) and optionally the version of the code that computes it (``code_id``, e.g.
+``store.code_version("all")``). New data or new code give new keys, so a stale result is
+never reused: the point is computed again.
 """
 
 from __future__ import annotations
@@ -26,19 +32,39 @@ from .io import atomic_write_text, config_hash, read_json, to_jsonable, write_js
 class SweepPoint(NamedTuple):
     config: dict[str, Any]  # the settings that vary (and the fixed ones), JSON-able
     seed: int
+    data_id: str  # identity of the data the point trains on (e.g. the activations' fingerprint)
+    code_id: str = ""  # version of the code that computes it ("" when not tracked)
 
     @property
     def key(self) -> str:
-        return f"{config_hash(self.config)[:12]}-seed{self.seed}"
+        ident = {"config": self.config, "data": self.data_id, "code": self.code_id}
+        return f"{config_hash(ident)[:12]}-seed{self.seed}"
+
+
+_ID_HINT = {"data_id": "the data the points train on (e.g. store.tensor_fingerprint of the activations)",
+            "code_id": "the version of the code that computes the points (e.g. store.code_version('all'))"}
+
+
+def _check_id(name: str, value: Any, required: bool) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise HusaiError(f"sweep {name} must be a non-empty string naming {_ID_HINT[name]}; got {value!r}")
+    return value
 
 
 def expand_grid(base: dict[str, Any], grid: dict[str, list], seeds: list[int],
-                check: Callable[[dict[str, Any]], None] | None = None) -> list[SweepPoint]:
+                check: Callable[[dict[str, Any]], None] | None = None, *, data_id: str,
+                code_id: str | None = None) -> list[SweepPoint]:
     """Cartesian product of ``grid`` over ``base`` for every seed, validated up front.
 
     ``check(config)`` raises HusaiError for an invalid point (e.g. k > d_sae), so a bad
-    spec fails before any training starts, naming the point.
+    spec fails before any training starts, naming the point. ``data_id`` (required) names the
+    data every point trains on and ``code_id`` the code version; both are part of each point's
+    key, so a finished point is reused only for the same configuration, data and code.
     """
+    data_id = _check_id("data_id", data_id, required=True)
+    code_id = _check_id("code_id", code_id, required=False)
     if not seeds:
         raise HusaiError("sweep has no seeds")
     for name, values in grid.items():
@@ -55,7 +81,7 @@ def expand_grid(base: dict[str, Any], grid: dict[str, list], seeds: list[int],
             except HusaiError as exc:
                 varying = {n: cfg[n] for n in names}
                 raise HusaiError(f"invalid sweep point {varying}: {exc}") from None
-    return [SweepPoint(cfg, int(s)) for cfg in configs for s in seeds]
+    return [SweepPoint(cfg, int(s), data_id, code_id) for cfg in configs for s in seeds]
 
 
 def _init_worker(threads: int) -> None:
@@ -67,7 +93,8 @@ def _init_worker(threads: int) -> None:
 
 def _call(fn: Callable[[dict], dict], point: SweepPoint, out: str) -> dict:
     result = fn({**point.config, "seed": point.seed})
-    record = to_jsonable({"key": point.key, "seed": point.seed, "config": point.config, "result": result})
+    record = to_jsonable({"key": point.key, "seed": point.seed, "config": point.config, "data_id": point.data_id,
+                          "code_id": point.code_id, "result": result})
     write_json(Path(out) / "points" / f"{point.key}.json", record)
     return record
 
@@ -84,9 +111,11 @@ def run_sweep(
     """Run every unfinished point; return one tidy row per point (config columns + results)."""
     out = Path(out)
     (out / "points").mkdir(parents=True, exist_ok=True)
+    for p in points:
+        _check_id("data_id", p.data_id, required=True)
     keys = [p.key for p in points]
     if len(set(keys)) != len(keys):
-        raise HusaiError("sweep has duplicate points (same configuration and seed)")
+        raise HusaiError("sweep has duplicate points (same configuration, data and seed)")
     todo = [p for p in points if not (out / "points" / f"{p.key}.json").is_file()]
     bar = tqdm(total=len(points), initial=len(points) - len(todo), disable=not progress, desc="sweep")
     if todo:
@@ -136,7 +165,8 @@ def collect(out: str | os.PathLike, points: list[SweepPoint]) -> pd.DataFrame:
     rows = []
     for p in points:
         rec = read_json(out / "points" / f"{p.key}.json", "sweep point result")
-        rows.append({**rec["config"], "seed": rec["seed"], "key": rec["key"], **rec["result"]})
+        rows.append({**rec["config"], "seed": rec["seed"], "key": rec["key"], "data_id": rec.get("data_id"),
+                     **rec["result"]})
     table = pd.DataFrame(rows)
     write_json(out / "table.json", table.to_dict(orient="records"))
     atomic_write_text(out / "table.csv", table.to_csv(index=False))

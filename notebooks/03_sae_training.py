@@ -19,11 +19,15 @@
 # Batch mode runs this notebook once per seed (`husai run 03_sae_training --seeds 42,123,456`);
 # every seed of one configuration lands in the same folder, where phase 4 finds them.
 # Training is step-based (batches sampled from the cached activations, not epochs), with
-# lr warm-up and decay; every loss term is logged separately.
+# lr warm-up and decay; every loss term is logged separately. A seeded share of the rows
+# (`heldout_fraction`, `split_seed`; the same split phase 4 uses) is never trained on: EV, L0
+# and dead fraction are reported on those held-out rows, training-row figures beside them.
+# The SAE is also kept after doubling step counts (25, 50, 100, ...) for phase 4's
+# convergence analysis.
 #
 # Metric definitions (one each, `husai_core.metrics`): EV = 1 − Σ_d Var_d(x − x̂) / Σ_d Var_d(x);
 # L0 = mean number of non-zero latents per row; dead fraction = share of latents that never
-# fire over all cached rows (the window is stated in the table); MSE = mean over elements.
+# fire over the evaluated rows (the window is stated in the table); MSE = mean over elements.
 
 # %% tags=["parameters"]
 profile = "interactive"
@@ -41,6 +45,9 @@ steps = 2000
 batch_size = 1024
 lr = 3e-4
 sae_params = {}
+heldout_fraction = 0.2
+split_seed = 0
+snapshot_first = 25
 reuse_checkpoint = True
 
 # %%
@@ -49,7 +56,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from husai_core.activations import load_cache
+from husai_core.conditions import heldout_split
 from husai_core.experiments import sae_config, sae_dir, train_or_load_saes
+from husai_core.sae.trainer import log_spaced_steps
 from husai_core.report import record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
 
@@ -60,8 +69,12 @@ target = cache.get(transcoder_target) if transcoder_target else None
 cfg = sae_config(x.shape[1], {"architecture": architecture, "d_sae": d_sae, "k": k, "steps": steps,
                               "batch_size": batch_size, "lr": lr, "transcoder": target is not None, **sae_params},
                  d_out=target.shape[1] if target is not None else None)
+train_idx, held_idx = heldout_split(x.shape[0], heldout_fraction, split_seed)
 folder = sae_dir(art, layout, hook if target is None else f"{hook}->{transcoder_target}", cfg)
-(trained,) = train_or_load_saes(folder, cfg, x, [seed], x_target=target, reuse=reuse_checkpoint, progress=progress)
+(trained,) = train_or_load_saes(folder, cfg, x[train_idx], [seed], x_target=None if target is None else target[train_idx],
+                                reuse=reuse_checkpoint, progress=progress,
+                                snapshot_steps=tuple(log_spaced_steps(cfg.steps, snapshot_first)),
+                                heldout=x[held_idx], heldout_target=None if target is None else target[held_idx])
 print(f"{cfg.architecture} SAE, d_in {cfg.d_in} -> d_sae {cfg.d_sae}, {cfg.steps} steps of {cfg.batch_size} rows; "
       f"seed {seed} saved in {trained.path}")
 
@@ -84,22 +97,26 @@ fig.show()
 
 # %% [markdown]
 # ## Every seed of this configuration trained so far
-# Final metrics on all cached rows; the dead fraction uses all of them as its window.
+# Held-out rows first (never trained on); training-row figures beside them. The dead fraction's
+# window is the evaluated rows.
 
 # %%
 rows = []
 for seed_dir in sorted(folder.glob("seed*/metrics.json")):
     m = pd.read_json(seed_dir, typ="series")
-    rows.append({"seed": int(m["seed"]), "EV": m["ev"], "L0": m["l0"], "MSE": m["mse"],
-                 "dead fraction": m["dead_fraction"], "window (rows)": int(m["dead_window_tokens"])})
+    held = m.get("heldout") or {}
+    rows.append({"seed": int(m["seed"]), "held-out EV": held.get("ev"), "held-out L0": held.get("l0"),
+                 "held-out dead fraction": held.get("dead_fraction"), "held-out rows": held.get("n_rows"),
+                 "training EV": m["ev"], "training dead fraction": m["dead_fraction"],
+                 "training rows": int(m["dead_window_tokens"])})
 per_seed = pd.DataFrame(rows).sort_values("seed").reset_index(drop=True)
 per_seed.round(4)
 
 # %%
 metrics = trained.metrics
 results_path = record_results(run_dir, {
-    "headline": {"seed": seed, "EV": metrics["ev"], "L0": metrics["l0"], "dead fraction": metrics["dead_fraction"],
-                 "MSE": metrics["mse"]},
+    "headline": {"seed": seed, "held-out EV": metrics["heldout"]["ev"], "held-out L0": metrics["heldout"]["l0"],
+                 "held-out dead fraction": metrics["heldout"]["dead_fraction"], "training-row EV": metrics["ev"]},
     "config": cfg.to_dict(), "config_id": folder.name, "checkpoint": str(trained.path),
     "layout": layout, "hook": hook, "transcoder_target": transcoder_target, "metrics": metrics,
 }, notebook="03_sae_training")

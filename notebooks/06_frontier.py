@@ -36,8 +36,10 @@
 #   units of the data (`jumprelu_scales`): the published value assumes activations scaled to
 #   unit mean squared norm.
 #
-# Every architecture is then compared on EV, L0, dead fraction, PWMCC against the Gaussian
-# baseline (ratio, LCB, seed-level permutation test), and the **shared-feature fraction**:
+# Every architecture is then compared on EV, L0, dead fraction, PWMCC against its
+# `gaussian_matched` null — the same configuration trained on Gaussian rows with the
+# activations' mean and covariance, the strongest null of phase 4 — (ratio, LCB, seed-level
+# permutation test; isotropic decoders beside it), and the **shared-feature fraction**:
 # one-to-one Hungarian matching of every seed pair, share of features matched above each
 # threshold, averaged over pairs.
 
@@ -70,6 +72,7 @@ scheduler = None
 n_resamples = 10000
 stats_seed = 0
 alpha = 0.05
+null_data_seed = 1
 
 # %%
 import time
@@ -80,12 +83,14 @@ import pandas as pd
 from plotly.subplots import make_subplots
 
 from husai_core.activations import load_cache
+from husai_core.consistency import disjoint_seeds
 from husai_core.errors import HusaiError
 from husai_core.experiments import (CALIBRATION_KNOBS, calibrate_point, frontier_summary, jumprelu_scales, merge_points,
                                     select_by_lcb, sweep_point_check, train_point)
 from husai_core.report import record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
 from husai_core.sae.config import ALIASES
+from husai_core.store import code_version, tensor_fingerprint
 from husai_core.sweep import SweepPoint, expand_grid, run_sweep
 
 art = resolve_artifacts(profile, artifacts_dir)
@@ -112,11 +117,20 @@ for a in archs:
     configs[a] = {**cfg, **arch_params.get(a, {})}  # explicit settings win over the data-scaled ones
 # Validate every architecture's configuration before anything trains (k > d_sae, unknown names, ...).
 check = sweep_point_check(x.shape[1])
+# A finished point is reused only for the same data and code (they are part of its key).
+ids = {"data_id": tensor_fingerprint(x), "code_id": code_version("all")}
+
+
+null_seeds = disjoint_seeds(seeds, len(seeds))
 
 
 def arch_points(a: str) -> list:
+    """Every seed of architecture ``a``, and its gaussian_matched null (same config, Gaussian rows
+    with the activations' mean and covariance, disjoint seeds)."""
     cfg = {key: v for key, v in configs[a].items() if key != "architecture"}
-    return expand_grid(cfg, {"architecture": [a]}, seeds, check=check)  # an error names the architecture
+    null_cfg = {**cfg, "condition": "gaussian_matched", "null_data_seed": null_data_seed}
+    return (expand_grid(cfg, {"architecture": [a]}, seeds, check=check, **ids)  # an error names the architecture
+            + expand_grid(null_cfg, {"architecture": [a]}, null_seeds, check=check, **ids))
 
 
 for a in archs:
@@ -139,7 +153,7 @@ calibration = {}
 start = time.perf_counter()
 if to_calibrate:
     cal_points = [SweepPoint({**configs[a], "target_l0": k, "calibration_iters": calibration_iters,
-                              "calibration_tol": calibration_tol, "calibrate": calibrate[a]}, seeds[0])
+                              "calibration_tol": calibration_tol, "calibrate": calibrate[a]}, seeds[0], **ids)
                   for a in to_calibrate]
     cal_table = run_sweep(calibrate_point, cal_points, out / "calibration", workers=workers,
                           threads_per_worker=threads_per_worker, scheduler=scheduler, progress=progress)
@@ -189,6 +203,7 @@ print(f"{len(points)} points; {sweep_seconds:.1f}s for this run (calibration {ca
 
 # %%
 frontier = frontier_summary(table, "architecture", tuple(shared_thresholds), n_resamples, stats_seed, alpha)
+trained_table = table[table.condition == "trained"]
 frontier["target_l0"] = k
 frontier["l0_vs_target"] = frontier.l0 / k
 matched = (frontier.l0_vs_target - 1).abs() <= l0_match_tol
@@ -200,16 +215,18 @@ frontier["calibrated_knob"] = [calibration.get(a, {}).get("coeff_name") for a in
 frontier["calibrated_value"] = [calibration.get(a, {}).get("coeff") for a in frontier.architecture]
 shared_cols = ([f"matched_shared_{t:g}" for t in shared_thresholds]
                + [f"random_matched_shared_{t:g}" for t in shared_thresholds])
-frontier[["architecture", "pwmcc", "pwmcc_ci_low", "pwmcc_ci_high", "random", "ratio", "lcb", "p_holm", "ev", "l0",
-          "l0_vs_target", "dead_fraction", *shared_cols, "eligible", "selected"]].round(4)
+frontier[["architecture", "pwmcc", "pwmcc_ci_low", "pwmcc_ci_high", "null", "null_ci_high", "null_ratio", "null_lcb",
+          "p_holm", "null_verdict", "random", "ratio", "ev", "null_ev", "l0", "l0_vs_target", "dead_fraction", *shared_cols,
+          "eligible", "selected"]].round(4)
 
 # %% [markdown]
 # ## Stability against reconstruction, per architecture
 #
 # Each marker is one architecture (bars: bootstrap CI of the trained PWMCC over seeds), placed
-# by its reconstruction: the x axis is 1 − EV on a log scale, reversed. The red band is the
-# Gaussian baseline of the same shape (mean to CI high); it is the same for every
-# architecture because the width is the same.
+# by its reconstruction: the x axis is 1 − EV on a log scale, reversed. Hollow markers are each
+# architecture's `gaussian_matched` null (same config trained on Gaussian rows with the
+# activations' covariance) at its own EV; the grey band is the isotropic decoders of the same
+# shape (the same for every architecture because the width is the same).
 
 # %%
 fig = make_subplots(rows=1, cols=2, subplot_titles=("PWMCC vs EV", "shared features (Hungarian |cos| above threshold)"))
@@ -219,9 +236,13 @@ for _, r in frontier.iterrows():
                     textposition="top center", name=r.architecture, marker=dict(size=12, color=colours[r.architecture]),
                     error_y=dict(type="data", symmetric=False, array=[r.pwmcc_ci_high - r.pwmcc],
                                  arrayminus=[r.pwmcc - r.pwmcc_ci_low]), row=1, col=1)
-fig.add_hrect(y0=frontier.random.min(), y1=frontier.random_ci_high.max(), fillcolor="rgba(214,39,40,0.15)", line_width=0,
+    fig.add_scatter(x=[1 - r.null_ev], y=[r.null], mode="markers", name=f"{r.architecture}: gaussian_matched",
+                    marker=dict(size=12, color=colours[r.architecture], symbol="circle-open"),
+                    error_y=dict(type="data", symmetric=False, array=[r.null_ci_high - r.null],
+                                 arrayminus=[r.null - r.null_ci_low]), row=1, col=1)
+fig.add_hrect(y0=frontier.random.min(), y1=frontier.random_ci_high.max(), fillcolor="rgba(127,127,127,0.15)", line_width=0,
               row=1, col=1)
-fig.add_hline(y=frontier.random.mean(), line_dash="dash", line_color="#d62728", annotation_text="random baseline",
+fig.add_hline(y=frontier.random.mean(), line_dash="dot", line_color="grey", annotation_text="isotropic decoders",
               row=1, col=1)
 for t in shared_thresholds:
     fig.add_bar(x=frontier.architecture, y=frontier[f"matched_shared_{t:g}"], name=f"trained ≥ {t:g}", row=1, col=2)
@@ -243,7 +264,7 @@ fig.show()
 # %%
 fig = make_subplots(rows=1, cols=2, subplot_titles=("L0 per seed", "dead fraction per seed"))
 for a in archs:
-    g = table[table.architecture == a]
+    g = trained_table[trained_table.architecture == a]
     fig.add_box(y=g.l0, name=a, boxpoints="all", marker_color=colours[a], showlegend=False, row=1, col=1)
     fig.add_box(y=g.dead_fraction, name=a, boxpoints="all", marker_color=colours[a], showlegend=False, row=1, col=2)
 fig.add_hrect(y0=k * (1 - l0_match_tol), y1=k * (1 + l0_match_tol), fillcolor="rgba(0,0,0,0.07)", line_width=0, row=1, col=1)
@@ -257,9 +278,9 @@ fig.show()
 # ## Which architecture is most consistent at matched sparsity?
 #
 # Rule (`select_by_lcb`): among the architectures whose L0 is within the tolerance of the
-# target and whose permutation p-value survives the **Holm** correction across all the
-# architectures compared, the highest LCB (trained CI low − random CI high). If none
-# qualifies, the highest LCB is still named, flagged.
+# target and whose permutation p-value against its `gaussian_matched` null survives the
+# **Holm** correction across all the architectures compared, the highest LCB (trained CI low −
+# null CI high). If none qualifies, the highest LCB is still named, flagged.
 
 # %%
 r = choice["row"]
@@ -267,8 +288,9 @@ flags = [] if choice["significant"] else ["NOT significant after the correction"
 flags += [] if choice["eligible"] else [f"L0 {r['l0']:.1f} is outside the matched-sparsity tolerance"]
 off = [f"{a} (L0 {l0:.1f})" for a, l0, e in zip(frontier.architecture, frontier.l0, frontier.eligible) if not e]
 verdict_text = (f"Most consistent at matched sparsity (target L0 {k}, d_sae {d_sae}): {r['architecture']} — PWMCC "
-                f"{r['pwmcc']:.3f} [{r['pwmcc_ci_low']:.3f}, {r['pwmcc_ci_high']:.3f}] vs random {r['random']:.3f}, "
-                f"ratio {r['ratio']:.2f}, LCB {r['lcb']:.3f}, EV {r['ev']:.3f}, L0 {r['l0']:.1f}; "
+                f"{r['pwmcc']:.3f} [{r['pwmcc_ci_low']:.3f}, {r['pwmcc_ci_high']:.3f}] vs gaussian_matched "
+                f"{r['null']:.3f} (ratio {r['null_ratio']:.2f}, LCB {r['null_lcb']:.3f}, {r['null_verdict']}), vs "
+                f"isotropic {r['random']:.3f}; EV {r['ev']:.3f}, L0 {r['l0']:.1f}; "
                 f"Holm-adjusted p {r['p_holm']:.3g} "
                 f"over {choice['n_conditions']} architectures" + (f" ({'; '.join(flags)})" if flags else "") + "."
                 + (f" Not sparsity-matched: {', '.join(off)}." if off else ""))
@@ -280,18 +302,23 @@ pd.DataFrame({"architecture": frontier.architecture, "seeds": frontier.n_seeds})
 
 # %%
 tidy = frontier[["architecture", "pwmcc", "pwmcc_ci_low", "pwmcc_ci_high", "random", "random_ci_high", "ratio", "difference",
-                 "lcb", "permutation_p", "p_holm", "significant", "verdict", "ev", "l0", "target_l0", "l0_vs_target",
+                 "lcb", "permutation_p", "null", "null_ci_low", "null_ci_high", "null_ratio", "null_lcb", "null_p",
+                 "null_verdict", "null_ev", "p_holm", "significant", "verdict", "ev", "l0", "target_l0", "l0_vs_target",
                  "eligible", "dead_fraction", "matched_mean_similarity", "random_matched_mean_similarity", *shared_cols,
                  "calibrated_knob", "calibrated_value", "selected"]]
-headline = {"most consistent at matched sparsity": r["architecture"], "its ratio": r["ratio"], "its LCB": r["lcb"],
+beyond = [a for a, v in zip(tidy.architecture, tidy.null_verdict) if v == "training signal present"]
+headline = {"most consistent at matched sparsity": r["architecture"], "its ratio vs gaussian_matched": r["null_ratio"],
+            "its LCB vs gaussian_matched": r["null_lcb"], "its verdict vs gaussian_matched": r["null_verdict"],
+            "architectures beyond gaussian_matched": ", ".join(beyond) or "none",
             "target L0": k, "d_sae": d_sae, "correction": f"Holm across {choice['n_conditions']} architectures"}
 for _, row in tidy.iterrows():
-    headline[f"{row.architecture} (PWMCC, ratio, EV, L0)"] = [row.pwmcc, row.ratio, row.ev, row.l0]
+    headline[f"{row.architecture} (PWMCC, gaussian_matched, EV, L0)"] = [row.pwmcc, row.null, row.ev, row.l0]
 results_path = record_results(run_dir, {
     "headline": headline, "verdict": verdict_text, "selection": choice,
     "frontier": tidy.to_dict(orient="records"), "calibration": calibration,
     "points": table.drop(columns=["artifacts", "extra"], errors="ignore").to_dict(orient="records"),
     "configs": {a: {key: v for key, v in c.items() if key != "artifacts"} for a, c in configs.items()},
-    "jumprelu_scales": scales, "seeds": seeds, "layout": layout, "hook": hook, "sweep_dir": str(out),
+    "jumprelu_scales": scales, "seeds": seeds, "null_seeds": null_seeds, "layout": layout, "hook": hook,
+    "sweep_dir": str(out),
     "sweep_seconds": sweep_seconds, "calibration_seconds": calibration_seconds,
 }, notebook="06_frontier")

@@ -84,6 +84,7 @@ from husai_core.release import matched_gain, select_adaptive_k
 from husai_core.report import record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
 from husai_core.sae import load_sae
+from husai_core.store import code_version, tensor_fingerprint
 from husai_core.sweep import expand_grid, run_sweep
 
 if control_k not in k_candidates:
@@ -98,7 +99,9 @@ base = {"artifacts": str(art), "layout": layout, "hook": hook, "architecture": a
         "batch_size": batch_size, "lr": lr, **sae_params,
         "extra": {**sae_params.get("extra", {}), "cache_source": cache.meta.get("source_sha256")}}
 check = sweep_point_check(x.shape[1])
-search_points = expand_grid({**base, "steps": search_steps}, {"k": k_candidates}, search_seeds, check=check)
+# A finished point is reused only for the same data and code (they are part of its key).
+ids = {"data_id": tensor_fingerprint(x), "code_id": code_version("all")}
+search_points = expand_grid({**base, "steps": search_steps}, {"k": k_candidates}, search_seeds, check=check, **ids)
 out = Path(sweep_dir) if sweep_dir else art / "sweeps" / "07_adaptive_l0"
 start = time.perf_counter()
 search_table = run_sweep(train_point, search_points, out / "search", workers=workers,
@@ -175,7 +178,7 @@ print("Rule:", choice["rule"])
 confirm = None
 if winner_k is not None:
     retrain_ks = sorted({winner_k, control_k})
-    retrain_points = expand_grid({**base, "steps": retrain_steps}, {"k": retrain_ks}, retrain_seeds, check=check)
+    retrain_points = expand_grid({**base, "steps": retrain_steps}, {"k": retrain_ks}, retrain_seeds, check=check, **ids)
     start = time.perf_counter()
     retrain_table = run_sweep(train_point, retrain_points, out / "retrain", workers=workers,
                               threads_per_worker=threads_per_worker, scheduler=scheduler, progress=progress)

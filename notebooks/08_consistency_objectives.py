@@ -78,6 +78,7 @@ scheduler = None
 n_resamples = 10000
 stats_seed = 0
 alpha = 0.05
+null_data_seed = 1
 
 # %%
 import time
@@ -89,13 +90,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from husai_core.activations import load_cache
-from husai_core.consistency import pwmcc
+from husai_core.consistency import disjoint_seeds, pwmcc
 from husai_core.experiments import merge_points, sweep_point_check, train_point
 from husai_core.objectives import check_design, regularised_point_check, summarise_objectives, train_regularised_point
 from husai_core.release import consistency_gates, gates_record, select_under_ev_drop
 from husai_core.report import record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
 from husai_core.sae import load_sae
+from husai_core.store import code_version, tensor_fingerprint
 from husai_core.sweep import expand_grid, run_sweep
 
 check_design(seeds, control_seeds, reference_seed, control_reference_seed, lambdas, objectives)
@@ -106,12 +108,15 @@ base = {"artifacts": str(art), "layout": layout, "hook": hook, "architecture": a
         "steps": steps, "batch_size": batch_size, "lr": lr, **sae_params,
         "extra": {**sae_params.get("extra", {}), "cache_source": cache.meta.get("source_sha256")}}
 check, point_check = sweep_point_check(x.shape[1]), regularised_point_check(x.shape[1])
+# A finished point is reused only for the same data and code (they are part of its key); the
+# references are trained on the same data, so their identity follows from it.
+ids = {"data_id": tensor_fingerprint(x), "code_id": code_version("all")}
 out = Path(sweep_dir) if sweep_dir else art / "sweeps" / "08_consistency_objectives"
 pool = dict(workers=workers, threads_per_worker=threads_per_worker, scheduler=scheduler, progress=progress)
 
 # 1. the two references: plain SAEs of the same configuration under their own seeds
 start = time.perf_counter()
-ref_table = run_sweep(train_point, expand_grid(base, {}, [reference_seed, control_reference_seed], check=check),
+ref_table = run_sweep(train_point, expand_grid(base, {}, [reference_seed, control_reference_seed], check=check, **ids),
                       out / "references", **pool)
 reference = dict(zip(ref_table.seed.astype(int), ref_table.checkpoint))
 ref_a, ref_b = reference[reference_seed], reference[control_reference_seed]
@@ -119,9 +124,15 @@ ref_a, ref_b = reference[reference_seed], reference[control_reference_seed]
 # 2. every (objective, lambda) x seed: seeds towards reference A, control seeds towards reference B
 def points_for(objective: str, lams: list, extra: dict) -> list:
     cfg = {**base, "objective": objective, **extra}
-    return (expand_grid({**cfg, "reference": ref_a}, {"lam": lams}, seeds, check=point_check)
-            + expand_grid({**cfg, "reference": ref_b}, {"lam": lams}, control_seeds, check=point_check))
+    return (expand_grid({**cfg, "reference": ref_a}, {"lam": lams}, seeds, check=point_check, **ids)
+            + expand_grid({**cfg, "reference": ref_b}, {"lam": lams}, control_seeds, check=point_check, **ids))
 
+
+# 3. the gaussian_matched null: the unregularised config trained on Gaussian rows with the activations'
+#    mean and covariance, on seeds disjoint from every seed above; every lambda is judged against it
+null_seeds = disjoint_seeds(seeds + control_seeds + [reference_seed, control_reference_seed], len(seeds))
+null_table = run_sweep(train_point, expand_grid({**base, "condition": "gaussian_matched", "null_data_seed": null_data_seed},
+                                                {}, null_seeds, check=check, **ids), out / "gaussian_matched", **pool)
 
 positive = [float(v) for v in lambdas if float(v) > 0]
 points = merge_points(points_for("none", [0.0], {}), *[
@@ -146,8 +157,9 @@ print(f"PWMCC between the two references (unregularised seeds {reference_seed} a
 
 # %%
 summary = summarise_objectives(table, seeds, control_seeds, n_resamples, stats_seed, alpha,
-                               collapse_min_gain, collapse_max_share)
-cols = ["objective", "lam", "pwmcc", "pwmcc_ci_low", "pwmcc_ci_high", "random", "difference", "lcb", "permutation_p",
+                               collapse_min_gain, collapse_max_share, null_table=null_table)
+cols = ["objective", "lam", "pwmcc", "pwmcc_ci_low", "pwmcc_ci_high", "null", "null_lcb", "null_p", "null_verdict",
+        "random", "difference", "lcb", "permutation_p",
         "alignment", "cross_pwmcc", "ev", "ev_drop", "l0", "dead_fraction", "gain", "transferable_gain",
         "collapse_share", "collapse"]
 summary[cols].round(4)
@@ -217,16 +229,17 @@ fig.show()
 # %%
 selections, gates, gated = {}, [], {}
 for obj in objectives:
-    cand, choice = select_under_ev_drop(summary[summary.objective == obj], ev_drop_limit, alpha)
+    cand, choice = select_under_ev_drop(summary[summary.objective == obj], ev_drop_limit, alpha, against="gaussian_matched")
     if choice["status"] == "selected":
         row = choice["row"]
     else:  # nothing within the limit: gate the smallest EV drop, so the failing numbers are shown
         row = cand.loc[cand.ev_drop.idxmin()].to_dict()
-    selections[obj] = {**choice, "table": cand[["lam", "lcb", "difference", "ev_drop", "permutation_p", "p_holm",
+    selections[obj] = {**choice, "table": cand[["lam", "null_lcb", "null_difference", "ev_drop", "null_p", "p_holm",
                                                 "eligible", "rank", "selected"]].to_dict(orient="records")}
     gated[obj] = row
-    gates += consistency_gates(row["difference"], row["lcb"], row["ev_drop"], ev_drop_limit,
-                               prefix=f"{obj} (λ {row['lam']:g}): ", collapse=row["collapse"] if collapse_gate else None)
+    gates += consistency_gates(row["null_difference"], row["null_lcb"], row["ev_drop"], ev_drop_limit,
+                               prefix=f"{obj} (λ {row['lam']:g}): ", collapse=row["collapse"] if collapse_gate else None,
+                               against="gaussian_matched")
 record = gates_record(gates)
 pd.DataFrame([{"gate": g["name"], "value": g["value"], "rule": f"{g['op']} {g['threshold']:g}",
                "result": "PASS" if g["passed"] else "FAIL"} for g in record["gates"]])
@@ -236,7 +249,8 @@ def describe(obj: str) -> str:
     r, ch = gated[obj], selections[obj]
     head = (f"{obj}: selected λ = {r['lam']:g}" if ch["status"] == "selected"
             else f"{obj}: no λ > 0 keeps the EV drop within {ev_drop_limit:g} (smallest drop at λ = {r['lam']:g})")
-    return (f"{head} — PWMCC {r['pwmcc']:.4f} vs λ = 0 {s0.pwmcc:.4f} (random {r['random']:.4f}), LCB {r['lcb']:+.4f}, "
+    return (f"{head} — PWMCC {r['pwmcc']:.4f} vs λ = 0 {s0.pwmcc:.4f} (gaussian_matched {r['null']:.4f}, "
+            f"isotropic {r['random']:.4f}), LCB vs gaussian_matched {r['null_lcb']:+.4f}, "
             f"EV drop {r['ev_drop']:+.4f}, alignment to the reference {r['alignment']:.3f} (λ = 0: {s0.alignment:.3f}), "
             f"Holm-adjusted p {r['p_holm']:.3g} over {ch['n_conditions']} λ values; {r['explanation']}.")
 
@@ -255,12 +269,15 @@ pd.DataFrame({"objectives": [len(objectives)], "lambdas": [len(lambdas)], "seeds
               "control seeds": [len(control_seeds)], "gates": [len(record["gates"])]})
 
 # %%
-headline = {"acceptance": "pass" if record["pass_all"] else "fail", "λ = 0 PWMCC": s0.pwmcc, "random PWMCC": s0.random,
+headline = {"acceptance": "pass" if record["pass_all"] else "fail", "λ = 0 PWMCC": s0.pwmcc,
+            "gaussian_matched PWMCC": s0.null, "λ = 0 verdict vs gaussian_matched": s0.null_verdict,
+            "random PWMCC": s0.random,
             "λ = 0 EV": s0.ev, "EV-drop limit": ev_drop_limit, "seeds": len(seeds), "control seeds": len(control_seeds)}
 for obj in objectives:
     r = gated[obj]
     headline |= {f"{obj}: selected λ": r["lam"] if selections[obj]["status"] == "selected" else "none",
-                 f"{obj}: PWMCC": r["pwmcc"], f"{obj}: LCB": r["lcb"], f"{obj}: EV drop": r["ev_drop"],
+                 f"{obj}: PWMCC": r["pwmcc"], f"{obj}: LCB vs gaussian_matched": r["null_lcb"],
+                 f"{obj}: EV drop": r["ev_drop"],
                  f"{obj}: alignment to reference": r["alignment"], f"{obj}: across-reference PWMCC": r["cross_pwmcc"],
                  f"{obj}: collapse": bool(r["collapse"])}
 headline["collapse flagged at"] = ", ".join(collapsed) or "none"
@@ -273,5 +290,6 @@ results_path = record_results(run_dir, {
                "objectives": objectives, "lambdas": lambdas, "resolve_every": resolve_every,
                "ev_drop_limit": ev_drop_limit, "collapse_min_gain": collapse_min_gain,
                "collapse_max_share": collapse_max_share, "collapse_gate": collapse_gate, **sae_params},
-    "seeds": seeds, "control_seeds": control_seeds, "layout": layout, "hook": hook, "sweep_seconds": sweep_seconds,
+    "seeds": seeds, "control_seeds": control_seeds, "null_seeds": null_seeds, "layout": layout, "hook": hook,
+    "sweep_seconds": sweep_seconds,
 }, notebook="08_consistency_objectives")

@@ -33,7 +33,8 @@ def test_reports_embed_plotly_for_offline_viewing(smoke_runs):
 
 
 def test_index_links_reports_with_numbers_from_results(smoke_runs):
-    reports = smoke_runs["base"] / "reports"
+    reports = smoke_runs["base"] / "reports" / "smoke"  # profiles other than full never write reports/index.html
+    assert not (smoke_runs["base"] / "reports" / "index.html").exists()
     index = (reports / "index.html").read_text()
     res = smoke_runs["runs"]["01_transformer"].results
     assert 'href="01_transformer.html"' in index and (reports / "01_transformer.html").is_file()
@@ -98,6 +99,7 @@ def test_nbval_reproduces_summary_cells(smoke_runs, tmp_path, name):
 
 
 def test_sae_phase_writes_one_checkpoint_per_seed(smoke_runs):
+    from husai_core.experiments import load_snapshots
     from husai_core.sae import load_sae
 
     seeds = runner.pipeline_seeds("smoke")
@@ -105,30 +107,48 @@ def test_sae_phase_writes_one_checkpoint_per_seed(smoke_runs):
     folders = {r.results["config_id"] for r in runs}
     assert len(folders) == 1  # every seed of one configuration lands in the same folder
     for r, s in zip(runs, seeds):
-        assert r.results["headline"]["seed"] == s and 0 < r.results["headline"]["L0"] <= 4 + 1e-6
+        head = r.results["headline"]
+        assert head["seed"] == s and 0 < head["held-out L0"] <= 4 + 1e-6 and head["held-out EV"] <= 1
+        assert r.results["metrics"]["heldout"]["n_rows"] < r.results["metrics"]["n_rows"]  # held-out rows are apart
         sae = load_sae(r.results["checkpoint"])
         assert sae.W_dec.shape == (64, 32)
+        assert sorted(load_snapshots(r.results["checkpoint"], sae.cfg))[-1] == sae.cfg.steps
 
 
-def test_trained_vs_random_report(smoke_runs):
-    res = smoke_runs["runs"]["04_trained_vs_random"].results
-    default = res["analyses"]["default"]
-    assert default["seeds"] == runner.pipeline_seeds("smoke")
-    assert set(default["random_seeds"]).isdisjoint(default["seeds"])
-    assert default["trained"]["ci_low"] <= default["trained"]["mean"] <= default["trained"]["ci_high"]
-    assert default["lcb"] == pytest.approx(default["trained"]["ci_low"] - default["random"]["ci_high"])
+def test_trained_vs_nulls_report(smoke_runs):
+    from husai_core.comparison import metric_keys
     from husai_core.stats import ABSENT, INCONCLUSIVE, PRESENT
 
-    assert res["headline"]["verdict"] in {PRESENT, ABSENT, INCONCLUSIVE}
-    assert "legacy" in res["analyses"] and res["verdict"].startswith(res["headline"]["verdict"])
-    index = (smoke_runs["base"] / "reports" / "index.html").read_text()
-    assert "04_trained_vs_random.html" in index and res["headline"]["verdict"] in index
+    res = smoke_runs["runs"]["04_trained_vs_nulls"].results
+    assert res["seeds"] == runner.pipeline_seeds("smoke")
+    assert set(res["null_seeds"]).isdisjoint(res["seeds"])
+    cmp = res["comparison"]
+    assert set(cmp["nulls"]) == {"gaussian_matched", "random_transformer", "isotropic"}
+    assert {"trained", "trained (sae_lens)"} <= set(cmp["table"])
+    for cond, cols in cmp["table"].items():
+        assert set(metric_keys()) == set(cols), cond  # every metric over all and alive latents
+        for b in cols.values():
+            assert b["ci_low"] <= b["mean"] <= b["ci_high"]
+    for null in cmp["nulls"]:
+        t = cmp["tests"][null]["pwmcc/all"]
+        assert t["lcb"] == pytest.approx(cmp["table"]["trained"]["pwmcc/all"]["ci_low"]
+                                         - cmp["table"][null]["pwmcc/all"]["ci_high"])
+    head = res["headline"]
+    assert head["verdict"] in {PRESENT, ABSENT, INCONCLUSIVE}
+    strongest = max(cmp["nulls"], key=lambda n: cmp["table"][n]["pwmcc/all"]["mean"])
+    assert head["against (strongest null)"] == strongest and strongest in res["verdict"]
+    assert 0 <= head["held-out dead fraction"] <= 1 and isinstance(head["converged"], bool)
+    assert res["ground_truth"]["trained"]["ci_low"] <= res["ground_truth"]["trained"]["mean"]
+    assert {r["condition"] for r in res["convergence"]} == {"trained", "gaussian_matched", "random_transformer"}
+    assert res["backend_comparison"]["n_latents"] >= 2
+    index = (smoke_runs["base"] / "reports" / "smoke" / "index.html").read_text()
+    assert "04_trained_vs_nulls.html" in index and strongest in index
 
 
 @pytest.mark.parametrize("profile", ["smoke", "full"])
 def test_sae_settings_agree_between_phases_3_and_4(profile):
-    shared = ("architecture", "d_sae", "k", "steps", "batch_size", "lr", "sae_params", "hook")
+    shared = ("architecture", "d_sae", "k", "steps", "batch_size", "lr", "sae_params", "hook", "heldout_fraction",
+              "split_seed", "snapshot_first")
     p3 = {**runner.notebook_parameters(runner.read_notebook(runner.resolve_notebook("03"))), **runner.load_profile("03_sae_training", profile)}
-    p4 = {**runner.notebook_parameters(runner.read_notebook(runner.resolve_notebook("04"))), **runner.load_profile("04_trained_vs_random", profile)}
+    p4 = {**runner.notebook_parameters(runner.read_notebook(runner.resolve_notebook("04"))), **runner.load_profile("04_trained_vs_nulls", profile)}
     assert {k: p3[k] for k in shared} == {k: p4[k] for k in shared}
-    assert p4["seeds"] == runner.pipeline_seeds(profile)

@@ -11,6 +11,10 @@ Typical use::
 Architectures (``SAEConfig.architecture``): ``relu`` (ReLU + L1), ``topk``, ``batchtopk``,
 ``jumprelu``, ``matryoshka`` (Matryoshka-TopK); any of them becomes a transcoder with
 ``transcoder=True`` (and ``d_out``), trained with ``x_target``.
+
+Foreign checkpoints (SAELens, EleutherAI sparsify, dictionary_learning, ours) load into the
+common type with ``read_sae(path)`` (format detected). ``saelens_backend.train_saelens`` trains
+with SAELens's own trainer on cached rows, as a reference.
 """
 
 from .base import BaseSAE, SAEOutput, geometric_median, stack_saes
@@ -19,6 +23,7 @@ from .build import SAE_CLASSES, build_sae
 from .checkpoint import load_sae, save_sae
 from .config import ARCHITECTURES, SAEConfig
 from .jumprelu import JumpReLUSAE
+from .readers import FORMATS, detect_format, read_sae
 from .relu import ReLUSAE
 from .saelens import export_saelens, import_saelens
 from .synthetic import planted_dictionary
@@ -32,4 +37,5 @@ __all__ = [
     "ReLUSAE", "SAEConfig", "SAEOutput", "TopKSAE", "TrainResult", "build_sae", "choose_mode",
     "export_saelens", "geometric_median", "import_saelens", "load_sae", "lr_multiplier",
     "planted_dictionary", "probe_modes", "save_sae", "stack_saes", "train_sae", "train_saes",
+    "FORMATS", "detect_format", "read_sae",
 ]

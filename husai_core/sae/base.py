@@ -84,11 +84,12 @@ class BaseSAE(nn.Module):
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator) -> None:
-        """Unit-norm random decoder rows; encoder initialised to the decoder's transpose
-        (Gao et al., sparsify) for SAEs, independently for transcoders; zero biases."""
+        """Random decoder rows of norm ``cfg.decoder_init_norm`` (1: unit); encoder initialised to
+        the decoder's transpose (Gao et al., sparsify, SAELens) for SAEs, independently for
+        transcoders; zero biases."""
         S, d_sae, d_in, d_out = self.n_stack, self.cfg.d_sae, self.cfg.d_in, self.cfg.d_target
         dec = torch.randn(S, d_sae, d_out, generator=generator)
-        dec = dec / dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        dec = dec / dec.norm(dim=-1, keepdim=True).clamp_min(1e-12) * self.cfg.decoder_init_norm
         if self.cfg.transcoder:
             enc = torch.randn(S, d_sae, d_in, generator=generator)
             enc = enc / enc.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -317,8 +318,10 @@ class BaseSAE(nn.Module):
         S, B, d_sae = pre.shape
         k_aux = min(self.cfg.k_aux, most)
         with torch.no_grad():
-            masked = pre.detach().masked_fill(~dead.unsqueeze(1), -math.inf)
+            masked = self._scores(pre.detach()).masked_fill(~dead.unsqueeze(1), -math.inf)
             vals, idx = topk_last(masked, k_aux)
+            if self.cfg.decoder_norm == "free":  # ranked by scaled scores, weighted by raw pre-activations
+                vals = torch.where(torch.isfinite(vals), pre.detach().gather(-1, idx), vals)
             valid = torch.isfinite(vals)  # a seed with fewer dead latents than k_aux
             vals = torch.where(valid, vals, torch.zeros_like(vals))
         pattern = SparsePattern(_global_idx(idx, d_sae), S * d_sae)
@@ -342,18 +345,64 @@ class BaseSAE(nn.Module):
         renormalisation after the step would undo anyway.
         """
         g, w = self.dec_w.grad, self.dec_w
-        if g is None:
+        if g is None or self.cfg.decoder_norm == "free":
             return
         coef = torch.linalg.vecdot(g, w) / torch.linalg.vecdot(w, w).clamp_min(1e-24)
         g.addcmul_(w, coef.unsqueeze(-1), value=-1.0)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
-        """Rescale every decoder row to unit norm (call after each optimiser step)."""
+        """Rescale every decoder row to unit norm (call after each optimiser step; a no-op while
+        training with ``decoder_norm="free"``, see ``fold_decoder_norm``)."""
+        if self.cfg.decoder_norm == "free":
+            return
         self.dec_w.div_(torch.linalg.vector_norm(self.dec_w, dim=-1, keepdim=True).clamp_min_(1e-12))
 
     def after_step(self) -> None:
         """Per-step parameter upkeep beyond the decoder norm (subclasses override)."""
+
+    def decoder_norms(self) -> Tensor:
+        """(S, d_sae) decoder row norms (1 under ``decoder_norm="unit"``)."""
+        return torch.linalg.vector_norm(self.dec_w.detach(), dim=-1)
+
+    def _scores(self, pre: Tensor) -> Tensor:
+        """What latent selection ranks: the pre-activations, times the decoder row norm when the
+        norms are free (each latent then counts as if its decoder row were unit-norm)."""
+        if self.cfg.decoder_norm == "free":
+            return pre * self.decoder_norms().unsqueeze(1)
+        return pre
+
+    @torch.no_grad()
+    def fold_decoder_norm(self) -> None:
+        """Turn free-norm training weights into unit decoder rows with identical outputs: row i
+        is divided by its norm n_i and encoder row i and b_enc[i] multiplied by it, so the latent
+        becomes n_i * pre_i (what training selected on) and decodes to the same vector."""
+        n = self.decoder_norms().clamp_min(1e-12)
+        self.dec_w.div_(n.unsqueeze(-1))
+        self.enc_w.mul_(n.unsqueeze(-1))
+        self.enc_b.mul_(n)
+
+    @torch.no_grad()
+    def fold_input_scale(self, s_in: float, s_out: float) -> None:
+        """Rewrite an SAE trained on ``s_in * x`` (reconstructing ``s_out * target``) so it
+        maps raw ``x`` to raw targets with identical latent supports.
+
+        Latents are divided by ``s_out`` (decoder rows stay unit-norm): the encoder weights
+        scale by s_in / s_out, b_enc, b_dec and thresholds by 1 / s_out, a transcoder's input
+        bias by 1 / s_in. Exact for every architecture here, whose activations are positively
+        homogeneous (TopK/BatchTopK selection and JumpReLU gates are unchanged by the scale).
+        """
+        if s_in <= 0 or s_out <= 0:
+            raise HusaiError(f"input scales must be positive, got {s_in}, {s_out}")
+        self.enc_w.mul_(s_in / s_out)
+        self.enc_b.div_(s_out)
+        self.dec_b.div_(s_out)
+        if self.in_b is not None:
+            self.in_b.div_(s_in)
+        self._fold_threshold(s_out)
+
+    def _fold_threshold(self, s_out: float) -> None:
+        """Thresholds in latent units follow the latents (subclasses with thresholds override)."""
 
     # ------------------------------------------------------------------ stacking
     def unstack(self) -> list["BaseSAE"]:

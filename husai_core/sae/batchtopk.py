@@ -31,6 +31,10 @@ class BatchTopKSAE(BaseSAE):
         """Calibrated global threshold per seed (scalar, or (S,) for a stack)."""
         return self._view(self.bt_threshold)
 
+    @torch.no_grad()
+    def _fold_threshold(self, s_out: float) -> None:
+        self.bt_threshold.div_(s_out)
+
     def _batch_topk(self, pre: Tensor) -> Tensor:
         S, B, d_sae = pre.shape
         flat = torch.relu(pre).reshape(S, B * d_sae)

@@ -21,6 +21,15 @@ TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")  # have k and use the AuxK los
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 DECODE_IMPLS = ("sparse", "dense")
 CALIBRATIONS = ("quantile", "batch_min")
+# Input scaling before training (SAELens names). ``expected_average_only_in`` scales rows so the
+# mean squared norm of the training rows is d_in; the trained SAE is folded back to the
+# original units, so checkpoints always encode and decode raw activations.
+NORMALIZATIONS = ("none", "expected_average_only_in")
+# Decoder-row norms during training: ``unit`` pins every row to norm 1 (parallel gradient removed,
+# renormalised after each step); ``free`` leaves the norms to the optimiser and selects/weights
+# latents as if the rows were unit-norm (SAELens ``rescale_acts_by_decoder_norm``); the trained
+# SAE is then folded to unit rows with identical outputs. TopK only.
+DECODER_NORMS = ("unit", "free")
 
 
 @dataclass(frozen=True)
@@ -37,9 +46,11 @@ class SAEConfig:
     ``loss = mse + l1_coeff*l1 (relu) + l0_coeff*l0 (jumprelu) + aux_coeff*aux (topk family)``;
     Matryoshka uses ``matryoshka`` in place of ``mse``.
 
-    JumpReLU's ``bandwidth`` and ``jumprelu_init_threshold`` are in activation units (the
-    published 1e-3 assumes activations scaled to unit mean squared norm); ``dead_tokens`` is
-    in tokens (rows), not steps.
+    JumpReLU's ``bandwidth`` and ``jumprelu_init_threshold`` are in the units the SAE trains in:
+    raw activations with ``normalize_activations="none"``, rows scaled to mean squared norm
+    d_in with ``"expected_average_only_in"`` (the units the published 1e-3 assumes);
+    ``dead_tokens`` is in tokens (rows), not steps. ``grad_clip`` is in the units of SAELens's
+    loss (MSE summed over the d features), i.e. our gradient norm is clipped at grad_clip / d.
     """
 
     architecture: str = "topk"
@@ -62,8 +73,12 @@ class SAEConfig:
     matryoshka_prefixes: tuple[int, ...] = ()
     # BatchTopK inference threshold calibration after training
     batchtopk_calibration: str = "quantile"
-    # Initialisation
+    # Initialisation and input scaling
     b_dec_init: str = "geometric_median"
+    normalize_activations: str = "none"
+    decoder_norm: str = "unit"
+    decoder_init_norm: float = 1.0  # initial decoder row norm (SAELens: 0.1); needs decoder_norm="free" if != 1
+    grad_clip: float | None = None  # max gradient norm per seed, in SAELens loss units (see below)
     # Optimisation (step based)
     steps: int = 2000
     batch_size: int = 1024
@@ -141,6 +156,21 @@ class SAEConfig:
             raise HusaiError(f"SAEConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
         if self.b_dec_init not in B_DEC_INITS:
             raise HusaiError(f"SAEConfig.b_dec_init must be one of {B_DEC_INITS}, got {self.b_dec_init!r}")
+        if self.normalize_activations not in NORMALIZATIONS:
+            raise HusaiError(f"SAEConfig.normalize_activations must be one of {NORMALIZATIONS}, "
+                             f"got {self.normalize_activations!r}")
+        if self.decoder_norm not in DECODER_NORMS:
+            raise HusaiError(f"SAEConfig.decoder_norm must be one of {DECODER_NORMS}, got {self.decoder_norm!r}")
+        if self.decoder_norm == "free" and self.architecture != "topk":
+            raise HusaiError(f"SAEConfig.decoder_norm='free' is implemented for topk only, got {self.architecture!r}")
+        if isinstance(self.decoder_init_norm, bool) or not (isinstance(self.decoder_init_norm, numbers.Real)
+                                                           and self.decoder_init_norm > 0):
+            raise HusaiError(f"SAEConfig.decoder_init_norm must be a number > 0, got {self.decoder_init_norm!r}")
+        if self.decoder_init_norm != 1.0 and self.decoder_norm != "free":
+            raise HusaiError("SAEConfig.decoder_init_norm != 1 needs decoder_norm='free' (unit rows would undo it)")
+        if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or not (
+                isinstance(self.grad_clip, numbers.Real) and self.grad_clip > 0)):
+            raise HusaiError(f"SAEConfig.grad_clip must be a number > 0 or None, got {self.grad_clip!r}")
         if self.decode_impl not in DECODE_IMPLS:
             raise HusaiError(f"SAEConfig.decode_impl must be one of {DECODE_IMPLS}, got {self.decode_impl!r}")
         if self.batchtopk_calibration not in CALIBRATIONS:

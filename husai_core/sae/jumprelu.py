@@ -74,6 +74,10 @@ class JumpReLUSAE(BaseSAE):
         """Per-latent thresholds theta = exp(log_threshold): (d_sae,) [or (S, d_sae)]."""
         return self._view(self.log_threshold.exp())
 
+    @torch.no_grad()
+    def _fold_threshold(self, s_out: float) -> None:
+        self.log_threshold.sub_(math.log(s_out))
+
     def _activate(self, pre: Tensor) -> Tensor:
         theta = self.log_threshold.exp().unsqueeze(1)
         return pre * (pre > theta).to(pre.dtype)

@@ -40,13 +40,16 @@ class TopKSAE(BaseSAE):
         k, d_sae = self.cfg.k, self.cfg.d_sae
         if self.cfg.decode_impl == "dense":
             pre = self.pre_activations(xs)
-            vals, idx = topk_last(pre, k)
+            idx = topk_last(self._scores(pre.detach()), k)[1]
+            vals = pre.gather(-1, idx)
             return pre, xs - self.input_bias.unsqueeze(1), _Active(idx, torch.relu(vals).reshape(S * B, k), None)
         with torch.no_grad():
             # b_in's gradient is produced by sparse_encode, so the graph is not needed here.
             xc = xs - self.input_bias.detach().unsqueeze(1)
             pre = torch.baddbmm(self.enc_b.detach().unsqueeze(1), xc, self.enc_w.detach().transpose(1, 2))
-            vals, idx = topk_last(pre, k)
+            vals, idx = topk_last(self._scores(pre), k)
+            if self.cfg.decoder_norm == "free":
+                vals = pre.gather(-1, idx)
         pattern = SparsePattern(_global_idx(idx, d_sae), S * d_sae)
         v = sparse_encode(vals.reshape(S * B, k), xc.reshape(S * B, -1), self.enc_w, self.enc_b,
                           self.input_bias, pattern)

@@ -11,11 +11,19 @@ the TopK family feeds the dead mask to its AuxK loss.
 ``train_saes`` trains one config for several seeds either one after another or as one
 vectorised stack (parameters with a leading seed axis; each seed keeps its own data order
 and optimiser state, so the results match sequential training up to float rounding).
-``mode="auto"`` measures both on the current device with a short probe and keeps the faster.
+``mode="auto"`` follows a fixed rule (batched on CUDA, sequential on CPU) and records it, so
+results never depend on machine load; ``probe_modes`` measures both for benchmarks.
+
+With ``cfg.normalize_activations="expected_average_only_in"`` the rows are scaled so their
+mean squared norm is d_in before training and the trained SAE is folded back to raw units
+(``BaseSAE.fold_input_scale``). ``snapshot_steps`` keeps the SAE's public tensors (in raw
+units) after those steps, for convergence analyses.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -39,7 +47,6 @@ MODES = ("auto", "sequential", "batched")
 # regulariser of husai_core.objectives). It is added to the loss that is minimised and logged
 # in its own history column ``extra``; the ``loss`` column stays the SAE's own loss.
 ExtraLoss = Callable[[BaseSAE, int], Tensor]
-_MODE_CACHE: dict[tuple, tuple[str, dict[str, float]]] = {}
 
 
 @dataclass
@@ -57,6 +64,24 @@ class TrainResult:
     history: pd.DataFrame
     metrics: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)
+    snapshots: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # steps done -> public tensors
+
+
+def log_spaced_steps(steps: int, first: int = 25) -> list[int]:
+    """Doubling checkpoints first, 2*first, 4*first, ... below ``steps``, and ``steps`` itself."""
+    out, s = [], max(1, int(first))
+    while s < steps:
+        out.append(s)
+        s *= 2
+    return out + [int(steps)]
+
+
+def input_scale(x: Tensor) -> float:
+    """SAELens ``expected_average_only_in``: the factor that makes mean ||x||^2 equal d_in."""
+    ms = float(x.double().pow(2).sum(-1).mean())
+    if not ms > 0:
+        raise HusaiError("cannot normalise activations whose mean squared norm is 0")
+    return math.sqrt(x.shape[-1] / ms)
 
 
 def lr_multiplier(step: int, cfg: SAEConfig) -> float:
@@ -137,6 +162,19 @@ def _batch_ev(t: Tensor, x_hat: Tensor) -> Tensor:
     return 1.0 - resid / total.clamp_min(1e-300)
 
 
+@torch.no_grad()
+def clip_per_seed(sae: BaseSAE, max_norm: float) -> None:
+    """Clip each seed's gradient (over all its parameters) to ``max_norm``, as
+    ``torch.nn.utils.clip_grad_norm_`` would for that seed trained alone."""
+    grads = [p.grad for p in sae.parameters() if p.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack([g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
+
+
 def train_step(sae: BaseSAE, opt: torch.optim.Optimizer, xb: Tensor, tb: Tensor | None,
                since: Tensor, extra: Tensor | None = None) -> Any:
     """One optimisation step on a batch ``xb`` (S, B, d_in); updates ``since`` (tokens since
@@ -146,6 +184,8 @@ def train_step(sae: BaseSAE, opt: torch.optim.Optimizer, xb: Tensor, tb: Tensor 
     dead = since >= cfg.dead_tokens if cfg.architecture in TOPK_FAMILY else None
     out = sae(xb, tb, dead, return_latents=False)
     (out.loss.sum() if extra is None else out.loss.sum() + extra).backward()
+    if cfg.grad_clip is not None:
+        clip_per_seed(sae, cfg.grad_clip / cfg.d_target)
     sae.remove_parallel_grad()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -157,8 +197,11 @@ def train_step(sae: BaseSAE, opt: torch.optim.Optimizer, xb: Tensor, tb: Tensor 
 
 def _fit(sae: BaseSAE, xd: Tensor, td: Tensor | None, seeds: list[int], progress: bool,
          desc: str, steps: int | None = None, log: bool = True,
-         extra_loss: ExtraLoss | None = None) -> tuple[list[dict], Tensor, float]:
-    """Train a (possibly stacked) SAE in place; returns log rows, tokens-since-fired, seconds."""
+         extra_loss: ExtraLoss | None = None,
+         on_snapshot: Callable[[int, BaseSAE], None] | None = None,
+         snapshot_steps: tuple[int, ...] = ()) -> tuple[list[dict], Tensor, float]:
+    """Train a (possibly stacked) SAE in place; returns log rows, tokens-since-fired, seconds.
+    ``on_snapshot(steps_done, sae)`` is called after each step count in ``snapshot_steps``."""
     cfg = sae.cfg
     S, B, n = sae.n_stack, cfg.batch_size, xd.shape[0]
     steps = cfg.steps if steps is None else steps
@@ -191,44 +234,75 @@ def _fit(sae: BaseSAE, xd: Tensor, td: Tensor | None, seeds: list[int], progress
                     rows[-1]["extra"] = float(extra.detach())
             if progress:
                 bar.set_postfix(loss=f"{table[0][0]:.4g}", ev=f"{table[0][6]:.3f}", l0=f"{table[0][3]:.1f}")
+        if on_snapshot is not None and step + 1 in snapshot_steps:
+            on_snapshot(step + 1, sae)
     if xd.device.type == "cuda":
         torch.cuda.synchronize(xd.device)
     return rows, since, time.perf_counter() - t0
 
 
+def _folded(sae: BaseSAE, xd: Tensor, scale: tuple[float, float]) -> list[BaseSAE]:
+    """Eval-mode single SAEs in raw units (BatchTopK calibrated on the training rows first)."""
+    sae.eval()
+    if sae.cfg.decoder_norm == "free":  # unit rows from here on; selection by norm-scaled scores is unchanged
+        sae.fold_decoder_norm()
+    if isinstance(sae, BatchTopKSAE):
+        with torch.no_grad():
+            sae.calibrate(xd)
+    singles = sae.unstack() if sae.n_stack > 1 else [sae]
+    for single in singles:
+        single.eval()
+        if scale != (1.0, 1.0):
+            single.fold_input_scale(*scale)
+    return singles
+
+
 def _train_group(cfg: SAEConfig, x: Tensor, t: Tensor | None, seeds: list[int], device: torch.device,
-                 progress: bool, mode: str, extra_loss: ExtraLoss | None = None) -> list[TrainResult]:
+                 progress: bool, mode: str, extra_loss: ExtraLoss | None = None,
+                 snapshot_steps: tuple[int, ...] = ()) -> list[TrainResult]:
+    from .checkpoint import public_tensors
+
     seed_everything(seeds[0])
-    xd = x.to(device=device, dtype=torch.float32)
-    td = t.to(device=device, dtype=torch.float32) if t is not None else None
+    scale = (1.0, 1.0)
+    if cfg.normalize_activations == "expected_average_only_in":
+        scale = (input_scale(x), input_scale(t) if t is not None else input_scale(x))
+    xd = x.to(device=device, dtype=torch.float32) * scale[0] if scale[0] != 1.0 else x.to(device=device, dtype=torch.float32)
+    td = None if t is None else t.to(device=device, dtype=torch.float32) * scale[1]
     singles = []
     for s in seeds:
         sae = build_sae(cfg, s, device=device)
         sae.init_biases_from_data(xd, td)
         singles.append(sae)
     sae = singles[0] if len(singles) == 1 else stack_saes(singles)
+    snaps: list[dict[int, dict[str, Tensor]]] = [{} for _ in seeds]
+
+    def keep(step: int, model: BaseSAE) -> None:
+        for i, single in enumerate(_folded(copy.deepcopy(model), xd, scale)):
+            snaps[i][step] = public_tensors(single)
+
     desc = f"SAE {cfg.architecture} seed {seeds[0]}" if len(seeds) == 1 else f"SAE {cfg.architecture} x{len(seeds)} seeds"
-    rows, since, seconds = _fit(sae, xd, td, seeds, progress, desc, extra_loss=extra_loss)
-    sae.eval()
-    if isinstance(sae, BatchTopKSAE):
-        with torch.no_grad():
-            sae.calibrate(xd)
-    trained = sae.unstack() if sae.n_stack > 1 else [sae]
+    rows, since, seconds = _fit(sae, xd, td, seeds, progress, desc, extra_loss=extra_loss,
+                                on_snapshot=keep if snapshot_steps else None, snapshot_steps=tuple(snapshot_steps))
+    trained = _folded(sae, xd, scale)
     history = pd.DataFrame(rows, columns=LOG_COLUMNS + (["extra"] if extra_loss is not None else []))
+    x_raw = x.to(device=device, dtype=torch.float32)
+    t_raw = None if t is None else t.to(device=device, dtype=torch.float32)
     results = []
     for i, (s, single) in enumerate(zip(seeds, trained)):
-        single.eval()
-        metrics = evaluate_sae(single, xd, td, batch_size=max(cfg.batch_size, 4096))
+        metrics = evaluate_sae(single, x_raw, t_raw, batch_size=max(cfg.batch_size, 4096))
         metrics["dead_fraction_train"] = float((since[i] >= cfg.dead_tokens).double().mean())
         metrics["dead_window_tokens_train"] = cfg.dead_tokens
+        metrics["input_scale"] = list(scale)
         info = {"seed": s, "device": describe_device(device), "mode": mode, "n_stack": len(seeds),
                 "train_seconds": seconds, "steps_per_second": cfg.steps / max(seconds, 1e-9)}
-        results.append(TrainResult(single, history[history.seed == s].reset_index(drop=True), metrics, info))
+        results.append(TrainResult(single, history[history.seed == s].reset_index(drop=True), metrics, info,
+                                   snaps[i]))
     return results
 
 
 def train_sae(cfg: SAEConfig, x: Any, seed: int, x_target: Any = None, device: str | torch.device = "auto",
-              progress: bool = False, extra_loss: ExtraLoss | None = None) -> TrainResult:
+              progress: bool = False, extra_loss: ExtraLoss | None = None,
+              snapshot_steps: tuple[int, ...] = ()) -> TrainResult:
     """Train one SAE of ``cfg`` on activations ``x`` (rows, d_in) under ``seed``.
 
     ``x_target`` (rows, d_out) is required for transcoders and refused otherwise. The whole
@@ -237,18 +311,20 @@ def train_sae(cfg: SAEConfig, x: Any, seed: int, x_target: Any = None, device: s
     is added to the minimised loss and logged as the history column ``extra``.
     """
     x, t = _check_data(cfg, x, x_target)
-    return _train_group(cfg, x, t, [seed], pick_device(device), progress, "sequential", extra_loss)[0]
+    return _train_group(cfg, x, t, [seed], pick_device(device), progress, "sequential", extra_loss,
+                        tuple(snapshot_steps))[0]
 
 
 def train_saes(cfg: SAEConfig, x: Any, seeds: list[int], x_target: Any = None,
                device: str | torch.device = "auto", progress: bool = False,
-               mode: str = "auto", extra_loss: ExtraLoss | None = None) -> list[TrainResult]:
+               mode: str = "auto", extra_loss: ExtraLoss | None = None,
+               snapshot_steps: tuple[int, ...] = ()) -> list[TrainResult]:
     """Train ``cfg`` once per seed; returns one ``TrainResult`` per seed, in order.
 
     ``mode``: ``"sequential"`` (one SAE at a time), ``"batched"`` (all seeds as one
-    vectorised stack, in memory-bounded groups) or ``"auto"`` (time both for a few steps on
-    this device and keep the faster; short runs skip the probe and follow the measured rule
-    of thumb: batched on CUDA, sequential on CPU). ``info["mode"]`` records the choice.
+    vectorised stack, in memory-bounded groups) or ``"auto"`` (the measured rule: batched on
+    CUDA, sequential on CPU — fixed, so results never depend on machine load).
+    ``info["mode"]`` records the choice. ``snapshot_steps``: see ``train_sae``.
     ``extra_loss`` (see ``train_sae``) is called with one seed's SAE at a time, so it always
     trains sequentially.
     """
@@ -266,11 +342,13 @@ def train_saes(cfg: SAEConfig, x: Any, seeds: list[int], x_target: Any = None,
     if mode == "auto":
         mode = choose_mode(cfg, len(seeds), dev)[0]
     if mode == "sequential" or len(seeds) == 1:
-        return [_train_group(cfg, x, t, [s], dev, progress, "sequential", extra_loss)[0] for s in seeds]
+        return [_train_group(cfg, x, t, [s], dev, progress, "sequential", extra_loss, tuple(snapshot_steps))[0]
+                for s in seeds]
     group = max_stack_size(cfg, dev)
     results: list[TrainResult] = []
     for lo in range(0, len(seeds), group):
-        results += _train_group(cfg, x, t, seeds[lo : lo + group], dev, progress, "batched")
+        results += _train_group(cfg, x, t, seeds[lo : lo + group], dev, progress, "batched",
+                                snapshot_steps=tuple(snapshot_steps))
     return results
 
 
@@ -306,25 +384,18 @@ def probe_modes(cfg: SAEConfig, n_seeds: int, device: torch.device | str = "auto
 
 
 def choose_mode(cfg: SAEConfig, n_seeds: int, device: torch.device | str = "auto") -> tuple[str, dict[str, Any]]:
-    """Pick ``sequential`` or ``batched`` for training ``n_seeds`` seeds of ``cfg`` on ``device``.
+    """``sequential`` or ``batched`` for ``n_seeds`` seeds on ``device``, by a fixed rule.
 
-    Batched must beat sequential by 10% per seed in the probe to be chosen. Results are
-    cached per (device, shapes, seed count) for the life of the process.
+    Seed batching measured 0.83-1.06x of sequential on a 2-core CPU and is the faster path on
+    CUDA; the two differ at float rounding, so the choice must not depend on a timing probe
+    (machine load would then change results). ``probe_modes`` remains for benchmarks.
     """
     dev = pick_device(device)
     if n_seeds <= 1:
         return "sequential", {"reason": "one seed"}
-    if cfg.steps < 100:  # the probe would cost a noticeable share of such a short run
-        mode = "batched" if dev.type == "cuda" else "sequential"
-        return mode, {"reason": "short run: rule of thumb (batched on CUDA, sequential on CPU)"}
-    key = (dev.type, str(dev), cfg.architecture, cfg.d_in, cfg.d_sae, cfg.d_target, cfg.k, cfg.batch_size,
-           cfg.decode_impl, n_seeds, torch.get_num_threads())
-    if key not in _MODE_CACHE:
-        timing = probe_modes(cfg, n_seeds, dev)
-        mode = "batched" if timing["batched"] < 0.9 * timing["sequential"] else "sequential"
-        _MODE_CACHE[key] = (mode, {"reason": "probe", **timing})
-    return _MODE_CACHE[key]
+    mode = "batched" if dev.type == "cuda" else "sequential"
+    return mode, {"reason": "fixed rule: batched on CUDA, sequential on CPU"}
 
 
 __all__ = ["TrainResult", "train_sae", "train_saes", "train_step", "make_optimizer", "choose_mode", "probe_modes", "lr_multiplier",
-           "max_stack_size", "LOG_COLUMNS"]
+           "max_stack_size", "LOG_COLUMNS", "log_spaced_steps", "input_scale"]
