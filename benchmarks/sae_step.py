@@ -16,6 +16,20 @@ Methods, each a full training step on one fp32 batch of 4096 rows, all CPU threa
 The methods are timed round-robin (one step each per round) so that load from other
 processes hits them alike; we report the median over rounds after warm-up. The seed-batched
 training probe (sequential vs batched, 4 seeds) is recorded too: it backs ``mode="auto"``.
+
+``--fit`` adds the end-to-end fit benchmark (JSON key ``fit``): a whole training call on the
+same 65,536 structured rows (``structured_rows``), batch 4096, fp32 CPU, same steps both sides:
+- ``ours``: ``husai_core.sae.train_sae(cfg, x, seed)``, wall clock of the call: input checks,
+  b_dec geometric-median init, every step (logging every ``log_every`` steps), folding, the
+  final ``evaluate_sae`` metrics and the history table.
+- ``sae_lens``: ``husai_core.sae.saelens_backend.fit_saelens(cfg, x, seed)``, wall clock of the
+  call: input checks, SAELens config + ``TopKTrainingSAE`` construction, ``SAETrainer``
+  construction, ``SAETrainer.fit`` (every step, our log line every ``log_every`` steps), the
+  history table. SAELens's fit computes no final metrics, so none are added on its side.
+Both sides are warmed up once per size (a 2-step call) and then timed round-robin
+(ours, sae_lens, ours, ...); ratio = sae_lens seconds / ours seconds (medians over rounds,
+and the median of the per-round ratios). ``--skip-step`` keeps the step results already in
+``--out`` and only (re)writes the ``fit`` key.
 """
 
 from __future__ import annotations
@@ -41,8 +55,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from husai_core.io import write_json  # noqa: E402
-from husai_core.sae import SAEConfig, build_sae, probe_modes  # noqa: E402
+from husai_core.io import read_json, write_json  # noqa: E402
+from husai_core.sae import SAEConfig, build_sae, probe_modes, train_sae  # noqa: E402
 from husai_core.sae.select import topk_last  # noqa: E402
 from husai_core.sae.trainer import make_optimizer, train_step  # noqa: E402
 
@@ -133,6 +147,100 @@ def bench_size(d_in: int, d_sae: int, k: int, warmup: int, rounds: int) -> dict:
     return res
 
 
+# ---------------------------------------------------------------------------- end-to-end fit
+FIT_ROWS = 65536
+FIT_STEPS = (20, 1000)
+
+
+def structured_rows(n: int, d_in: int, seed: int = 0) -> torch.Tensor:
+    """Random but structured rows: each is a non-negative, heavy-tailed combination of 16 of
+    4*d_in random unit atoms, plus a common offset (so b_dec matters) and small noise."""
+    g = torch.Generator().manual_seed(seed)
+    n_atoms, active = 4 * d_in, 16
+    atoms = torch.randn(n_atoms, d_in, generator=g)
+    atoms /= atoms.norm(dim=1, keepdim=True)
+    offset = 0.5 * torch.randn(d_in, generator=g)
+    which = torch.randint(n_atoms, (n, active), generator=g)
+    coef = torch.empty(n, active).exponential_(1.0, generator=g)
+    x = torch.nn.functional.embedding_bag(which, atoms, per_sample_weights=coef, mode="sum")
+    return x + offset + 0.05 * torch.randn(n, d_in, generator=g)
+
+
+def fit_config(d_in: int, d_sae: int, k: int, steps: int) -> SAEConfig:
+    return SAEConfig(architecture="topk", d_in=d_in, d_sae=d_sae, k=k, batch_size=BATCH, steps=steps,
+                     lr=3e-4, warmup_steps=min(100, max(1, steps // 10)))
+
+
+def fit_ours(cfg: SAEConfig, x: torch.Tensor) -> dict:
+    t0 = time.perf_counter()
+    res = train_sae(cfg, x, seed=0, device="cpu")
+    total = time.perf_counter() - t0
+    return {"total_s": total, "loop_s": res.info["train_seconds"], "ev": res.metrics["ev"],
+            "l0": res.metrics["l0"], "eval_rows": res.metrics["n_rows"]}
+
+
+def fit_sae_lens(cfg: SAEConfig, x: torch.Tensor) -> dict:
+    from husai_core.sae.saelens_backend import fit_saelens
+
+    t0 = time.perf_counter()
+    run = fit_saelens(cfg, x, seed=0, device="cpu")
+    total = time.perf_counter() - t0
+    return {"total_s": total, "loop_s": run.seconds, "ev_last_logged_batch": float(run.history["ev"].iloc[-1])}
+
+
+def bench_fit(d_in: int, d_sae: int, k: int, steps: int, rounds: int, x: torch.Tensor) -> dict:
+    cfg = fit_config(d_in, d_sae, k, steps)
+    methods = {"ours": fit_ours, "sae_lens": fit_sae_lens}
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            runs[name].append(fn(cfg, x))
+    res: dict = {"d_in": d_in, "d_sae": d_sae, "k": k, "steps": steps, "batch": BATCH, "rows": x.shape[0],
+                 "rounds": rounds}
+    for name, rs in runs.items():
+        tot = [r["total_s"] for r in rs]
+        res[name] = {"median_s": statistics.median(tot), "min_s": min(tot), "all_s": tot,
+                     "loop_median_s": statistics.median(r["loop_s"] for r in rs),
+                     "fixed_median_s": statistics.median(r["total_s"] - r["loop_s"] for r in rs),
+                     **{key: v for key, v in rs[-1].items() if key not in ("total_s", "loop_s")}}
+    res["ratio_sae_lens_over_ours"] = res["sae_lens"]["median_s"] / res["ours"]["median_s"]
+    res["ratio_per_round"] = [b["total_s"] / a["total_s"] for a, b in zip(runs["ours"], runs["sae_lens"])]
+    res["ratio_median_of_rounds"] = statistics.median(res["ratio_per_round"])
+    res["ratio_loop_only"] = res["sae_lens"]["loop_median_s"] / res["ours"]["loop_median_s"]
+    return res
+
+
+def run_fit(sizes: list[tuple[int, int, int]], steps_list: list[int], rounds: dict[int, int]) -> dict:
+    results = []
+    for d_in, d_sae, k in sizes:
+        x = structured_rows(FIT_ROWS, d_in)
+        warm = fit_config(d_in, d_sae, k, 2)
+        fit_ours(warm, x[: 2 * BATCH])
+        fit_sae_lens(warm, x[: 2 * BATCH])
+        for steps in steps_list:
+            r = bench_fit(d_in, d_sae, k, steps, rounds.get(steps, 1), x)
+            print(f"fit d_in={d_in} d_sae={d_sae} k={k} steps={steps}: ours {r['ours']['median_s']:.2f}s "
+                  f"(loop {r['ours']['loop_median_s']:.2f}s), sae_lens {r['sae_lens']['median_s']:.2f}s "
+                  f"(fit loop {r['sae_lens']['loop_median_s']:.2f}s), ratio {r['ratio_sae_lens_over_ours']:.2f} "
+                  f"(per round {', '.join(f'{v:.2f}' for v in r['ratio_per_round'])})", flush=True)
+            results.append(r)
+    return {
+        "description": "end-to-end training call on the same rows, same steps, batch 4096, fp32 CPU; "
+                       "ratio = sae_lens seconds / ours seconds",
+        "ours": "train_sae(cfg, x, seed): input checks, geometric-median b_dec init, all steps with logging every "
+                "log_every, folding, final evaluate_sae metrics (metrics['n_rows'] rows), history table",
+        "sae_lens": "fit_saelens(cfg, x, seed): input checks, SAELens config + TopKTrainingSAE + SAETrainer "
+                    "construction, SAETrainer.fit (all steps, our log line every log_every), history table; "
+                    "SAELens computes no final metrics",
+        "data": f"structured_rows({FIT_ROWS}, d_in): 16 of 4*d_in unit atoms per row, exponential coefficients, "
+                "offset, noise 0.05",
+        "config": "topk, lr 3e-4, warmup min(100, steps//10), log_every 50, other SAEConfig defaults; seed 0",
+        "warmup": "one 2-step call per method and size before timing",
+        "target": "ratio >= 3 at both sizes, 20 and 1000 steps",
+        "results": results,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)
@@ -142,6 +250,12 @@ def main() -> None:
     ap.add_argument("--omp-wait-policy", choices=["passive", "default"], default="passive",
                     help="OpenMP wait policy (read at import; see the top of this file)")
     ap.add_argument("--sizes", default="all", help="'all' or comma-separated indices into SIZES")
+    ap.add_argument("--fit", action="store_true", help="also run the end-to-end fit benchmark (key 'fit')")
+    ap.add_argument("--skip-step", action="store_true",
+                    help="skip the step benchmark and keep the step results already in --out")
+    ap.add_argument("--fit-steps", default=",".join(map(str, FIT_STEPS)), help="comma-separated step counts")
+    ap.add_argument("--fit-rounds", default="20:3,1000:1",
+                    help="rounds per step count, 'steps:rounds,...' (default 1 round)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sae_step.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -151,7 +265,7 @@ def main() -> None:
     except OSError:
         load = None
     results = []
-    for d_in, d_sae, k in sizes:
+    for d_in, d_sae, k in ([] if args.skip_step else sizes):
         r = bench_size(d_in, d_sae, k, args.warmup, args.rounds)
         print(f"d_in={d_in} d_sae={d_sae} k={k}: " + ", ".join(
             f"{n} {r[n]['samples_per_s']:.0f}/s" for n in steps_order)
@@ -166,6 +280,7 @@ def main() -> None:
         }
         print(f"  seed batching x{probe['n_stack']}: speedup {r['seed_batching_probe']['batched_speedup']:.2f}", flush=True)
         results.append(r)
+    previous = read_json(args.out) if Path(args.out).is_file() else {}
     out = {
         "benchmark": "sae_step",
         "description": "one fp32 training step, batch 4096; samples/s = 4096 / median step time",
@@ -184,8 +299,26 @@ def main() -> None:
         "targets": {"ours_over_sae_lens_topk": ">= 2.5", "floor_over_ours": "<= 1.5 (ours within 1.5x of floor)"},
         "results": results,
     }
+    if args.skip_step:  # keep the step benchmark's earlier results (and their machine record)
+        for key in ("machine", "versions", "results"):
+            if key in previous:
+                out[key] = previous[key]
+    if args.fit:
+        rounds = dict(tuple(int(v) for v in item.split(":")) for item in args.fit_rounds.split(",") if item)
+        fit_load = os.getloadavg() if load is not None else None
+        out["fit"] = run_fit(sizes, [int(v) for v in args.fit_steps.split(",")], rounds)
+        out["fit"]["machine"] = {**machine_now(), "loadavg_at_start": fit_load,
+                                 "loadavg_at_end": os.getloadavg() if load is not None else None}
+    elif "fit" in previous:
+        out["fit"] = previous["fit"]
     write_json(args.out, out)
     print(f"wrote {args.out}")
+
+
+def machine_now() -> dict:
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "runtime default"),
+            "torch": torch.__version__, "sae_lens": version("sae-lens")}
 
 
 def _has(dist: str) -> bool:

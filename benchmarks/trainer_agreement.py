@@ -48,6 +48,11 @@ VARIANTS = {
     "husai_aux_1": ("husai", {"aux_coeff": 1.0}),
     "husai_normalized": ("husai", {"normalize_activations": "expected_average_only_in"}),
     "husai_grad_clip": ("husai", {"grad_clip": 1.0}),
+    "husai_lr_3e-3": ("husai", {"lr": 3e-3}),
+    "husai_free_decoder_aux_1": ("husai", {"decoder_init_norm": 0.1, "decoder_norm": "free", "aux_coeff": 1.0}),
+    "husai_free_decoder_unit_init": ("husai", {"decoder_norm": "free"}),
+    "husai_free_decoder_aux_1_no_schedule": ("husai", {"decoder_init_norm": 0.1, "decoder_norm": "free", "aux_coeff": 1.0,
+                                                       "warmup_steps": 0, "decay_start_frac": 1.0}),
     "sae_lens": ("sae_lens", ({}, {})),
     "sae_lens_unit_init": ("sae_lens", ({"decoder_init_norm": 1.0}, {})),
     "sae_lens_no_rescale": ("sae_lens", ({"rescale_acts_by_decoder_norm": False}, {})),
@@ -55,14 +60,31 @@ VARIANTS = {
 }
 
 
-def train_variant(name: str, cfg: SAEConfig, x: torch.Tensor, seeds: list[int]):
-    backend, change = VARIANTS[name]
-    if backend == "husai":
-        return [r.sae for r in train_saes(cfg.replace(**change), x, seeds)]
-    from husai_core.sae.saelens_backend import train_saelens
+def train_variant(name: str, cfg: SAEConfig, x: torch.Tensor, seeds: list[int], cache: Path):
+    """The variant's SAEs, trained once and cached (keyed on variant, config, seed and data)."""
+    from husai_core.io import config_hash
+    from husai_core.sae import load_sae, save_sae
+    from husai_core.store import code_version, tensor_fingerprint
 
-    sae_over, trainer_over = change
-    return [train_saelens(cfg, x, s, sae_overrides=sae_over, trainer_overrides=trainer_over).sae for s in seeds]
+    backend, change = VARIANTS[name]
+    key = config_hash({"variant": name, "change": change, "cfg": cfg.to_dict(), "data": tensor_fingerprint(x),
+                       "code": code_version("sae")})
+    out = []
+    for s in seeds:
+        folder = cache / name / f"{key[:12]}-seed{s}"
+        if (folder / "config.json").is_file():
+            out.append(load_sae(folder))
+            continue
+        if backend == "husai":
+            sae = train_saes(cfg.replace(**change), x, [s])[0].sae
+        else:
+            from husai_core.sae.saelens_backend import train_saelens
+
+            sae_over, trainer_over = change
+            sae = train_saelens(cfg, x, s, sae_overrides=sae_over, trainer_overrides=trainer_over).sae
+        save_sae(sae, folder)
+        out.append(sae)
+    return out
 
 
 def mean_pairs(views, keys=("pwmcc/all", "pwmcc/alive", "pw_mcc/all", "pw_mcc/alive")) -> dict[str, float]:
@@ -81,6 +103,8 @@ def main() -> int:
     ap.add_argument("--cache", default=str(runs_dir() / "artifacts" / "full" / "activations" / "default"))
     ap.add_argument("--hook", default="blocks.0.hook_resid_post")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "trainer_agreement.json"))
+    ap.add_argument("--cache-dir", default=str(runs_dir() / "bench" / "trainer_agreement"),
+                    help="trained SAEs are kept here and reused by later runs")
     args = ap.parse_args()
     torch.set_num_threads(2)
     x = load_cache(args.cache).get(args.hook)
@@ -96,7 +120,7 @@ def main() -> int:
     trained, views, out = {}, {}, {}
     for name in names:
         t0 = time.perf_counter()
-        trained[name] = train_variant(name, cfg, xt, seeds)
+        trained[name] = train_variant(name, cfg, xt, seeds, Path(args.cache_dir))
         views[name] = [view_of(s, xh) for s in trained[name]]
         evals = [evaluate_sae(s, xh) for s in trained[name]]
         out[name] = {"seconds": time.perf_counter() - t0, "heldout_ev": float(np.mean([e["ev"] for e in evals])),

@@ -61,7 +61,6 @@ held-out EV/L0/dead).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import tempfile
@@ -615,6 +614,14 @@ def compare_group(label: str, members: list[LoadedSAE], acts: Activations | None
             held = rows[cond][1]
             views[cond] = [view_of(s, held) for s in group]
             recon[cond] = [{"name": n, **_recon(s, held)} for n, s in zip(names[cond], group)]
+    warnings = []
+    if "gaussian_matched" in recon:
+        l0_t = float(np.mean([r["l0"] for r in recon["trained"]]))
+        l0_n = float(np.mean([r["l0"] for r in recon["gaussian_matched"]]))
+        if l0_t > 0 and not 0.5 <= l0_n / l0_t <= 2.0:
+            warnings.append(f"the gaussian_matched null's held-out L0 ({l0_n:.3g}) is far from the given SAEs' "
+                            f"({l0_t:.3g}): it is not a matched null at this sparsity; set null_params (k, "
+                            f"l1_coeff, l0_coeff, steps, ...) so it trains like the given SAEs")
     null_names = [n for n in ("gaussian_matched", "isotropic") if n in use]
     comparison = compare_conditions(views, "trained", null_names, threshold=threshold, n_resamples=n_resamples,
                                     stats_seed=stats_seed, alpha=alpha, progress=progress)
@@ -628,7 +635,7 @@ def compare_group(label: str, members: list[LoadedSAE], acts: Activations | None
         "formats": sorted({i.format for i in members}), "config": cfg.to_dict(), "null_config": null_cfg.to_dict(),
         "recorded_seeds": recorded, "null_seeds": null_seeds, "nulls": null_names, "conditions": descriptions,
         "condition_members": names, "comparison": comparison, "headline": headline, "alive_headline": alive,
-        "reconstruction": recon or None,
+        "warnings": warnings, "reconstruction": recon or None,
         "reconstruction_mean": {c: _mean_recon(r) for c, r in recon.items()} or None,
     }
     if ground_truth is not None:
@@ -687,7 +694,8 @@ def compare_saes(paths: Sequence[str | os.PathLike], labels: Sequence[str] | Non
 
     Returns a JSON-able dict: ``inputs`` (one entry per PATH), ``grouping``, ``d_in``, ``hook``,
     ``activations`` (source, kind, rows, split; None without), ``nulls``, ``metric_keys``,
-    ``skipped`` (what could not be computed, and why), ``groups[label]`` (``compare_group``),
+    ``skipped`` (what could not be computed, and why), ``warnings`` (e.g. a gaussian_matched null
+    whose L0 is not within 2x of the given SAEs'), ``groups[label]`` (``compare_group``),
     ``across`` (one row per group), ``headline`` (numbers for the index) and ``verdict`` (text).
     """
     from .comparison import metric_keys
@@ -739,15 +747,18 @@ def compare_saes(paths: Sequence[str | os.PathLike], labels: Sequence[str] | Non
     return {"inputs": [i.describe() for i in items], "grouping": how, "d_in": compat["d_in"], "hook": compat["hook"],
             "activations": act_info, "nulls": used_nulls, "metric_keys": keys, "headline_metric": headline_metric,
             "skipped": skipped, "threshold": threshold, "n_resamples": n_resamples, "stats_seed": stats_seed,
-            "alpha": alpha, "groups": results, "across": across, "headline": headline, "verdict": verdict_text}
+            "alpha": alpha, "groups": results, "across": across, "headline": headline, "verdict": verdict_text,
+            "warnings": [f"[{label}] {w}" for label, g in results.items() for w in g["warnings"]]}
 
 
 def _overall(results: dict[str, dict[str, Any]], across: list[dict[str, Any]], metric: str,
              with_acts: bool) -> tuple[dict[str, Any], str]:
+    from .stats import PRESENT
+
     verdicts = [r["verdict"] for r in across]
     overall = verdicts[0] if len(set(verdicts)) == 1 else "mixed"
     head: dict[str, Any] = {"verdict": overall, "metric": metric, "groups": len(across),
-                            "present": f"{verdicts.count('present')} of {len(verdicts)}",
+                            "present": f"{verdicts.count(PRESENT)} of {len(verdicts)}",
                             "activations": "given" if with_acts else "none (weight metrics, isotropic null only)"}
     if len(across) == 1:
         r = across[0]

@@ -58,7 +58,12 @@ SNAPSHOTS_FILE = "snapshots.safetensors"
 
 
 def data_fingerprint(x: torch.Tensor, x_target: torch.Tensor | None = None) -> str:
-    """Hash of the training rows, so a checkpoint is never reused after the activations change."""
+    """Hash of the training rows, so a checkpoint is never reused after the activations change.
+    An activation source (``husai_core.sources``) is hashed in chunks, to the same digest."""
+    from .sources import fingerprint, is_source
+
+    if is_source(x) or is_source(x_target):
+        return x.fingerprint() if x_target is None and hasattr(x, "fingerprint") else fingerprint(x, x_target)
     return tensor_fingerprint(x, x_target)
 
 
@@ -311,18 +316,29 @@ def point_data(spec: dict[str, Any]) -> tuple[dict[str, Any], Any, torch.Tensor]
 
     Data keys: ``artifacts``, ``layout``, ``hook``; optional ``condition`` (``trained`` or
     ``gaussian_matched``, default trained), ``null_data_seed`` (1), ``heldout_fraction`` (0.2)
-    and ``split_seed`` (0) — the phase-4 split, so a configuration phase 4 trained is reused.
+    and ``split_seed`` (0) — the phase-4 split, so a configuration phase 4 trained is reused —
+    and ``activations``: None (this project's cache, as before) or the path of any activation
+    source ``sources.open_source`` reads (``hook`` picks its tensor; None: its only one). A
+    source's training rows are streamed from disk; its SAEs live under the layout
+    ``sources.storage_layout(layout, source)``.
     """
     from .activations import load_cache
     from .conditions import condition_data, heldout_split
 
     spec = dict(spec)
     art, layout, hook = spec.pop("artifacts"), spec.pop("layout"), spec.pop("hook")
+    activations = spec.pop("activations", None)
     condition = spec.pop("condition", "trained")
     null_seed = int(spec.pop("null_data_seed", 1))
     fraction, split_seed = float(spec.pop("heldout_fraction", 0.2)), int(spec.pop("split_seed", 0))
     if condition not in SWEEP_CONDITIONS:
         raise HusaiError(f"sweep condition {condition!r} is not supported; choose one of {', '.join(SWEEP_CONDITIONS)}")
+    if activations is not None:
+        from .sources import open_source, source_condition_data, storage_layout
+
+        src = open_source(activations, hook=hook)
+        data = source_condition_data(condition, src, heldout_split(len(src), fraction, split_seed), data_seed=null_seed)
+        return {**spec, "_where": (art, storage_layout(layout, src), src.hook, condition)}, data, src
     x = load_cache(Path(art) / "activations" / layout).get(hook)
     data = condition_data(condition, x, heldout_split(x.shape[0], fraction, split_seed), data_seed=null_seed)
     return {**spec, "_where": (art, layout, hook, condition)}, data, x
@@ -401,7 +417,8 @@ def summarise_sweep(table: pd.DataFrame, by: list[str], n_resamples: int = 10_00
 # ---------------------------------------------------------------- phases 5-6: ablation sweeps and the frontier
 
 # Keys of a sweep point that say where the data live; everything else is an SAEConfig field.
-POINT_DATA_KEYS = ("artifacts", "layout", "hook", "condition", "null_data_seed", "heldout_fraction", "split_seed")
+POINT_DATA_KEYS = ("artifacts", "layout", "hook", "condition", "null_data_seed", "heldout_fraction", "split_seed",
+                   "activations")
 # The coefficient that sets the sparsity of the architectures without a k (the default knob a
 # calibration moves), and every knob it may move instead (each lowers L0 as it grows).
 CALIBRATED_COEFF = {"relu": "l1_coeff", "jumprelu": "l0_coeff"}

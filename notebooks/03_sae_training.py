@@ -25,6 +25,13 @@
 # The SAE is also kept after doubling step counts (25, 50, 100, ...) for phase 4's
 # convergence analysis.
 #
+# `activations` (default None: this project's cache from phase 2) may instead name any
+# activation source `husai_core.sources.open_source` reads — a folder of per-dataset
+# `<dataset>_<hook>.pt|.safetensors` files, a SAELens activation cache (`CacheActivationsRunner`
+# output) or another of our caches; `hook` picks its tensor. Its rows are streamed from disk
+# batch by batch (bounded memory), held-out rows are read into memory (an evenly spaced subset
+# when they exceed 32 MiB), and its SAEs are kept under their own layout folder (`ext-<source>`).
+#
 # Metric definitions (one each, `husai_core.metrics`): EV = 1 − Σ_d Var_d(x − x̂) / Σ_d Var_d(x);
 # L0 = mean number of non-zero latents per row; dead fraction = share of latents that never
 # fire over the evaluated rows (the window is stated in the table); MSE = mean over elements.
@@ -35,6 +42,7 @@ run_dir = None
 artifacts_dir = None
 progress = True
 seed = 42
+activations = None
 layout = "default"
 hook = "blocks.0.hook_resid_post"
 transcoder_target = None
@@ -61,20 +69,30 @@ from husai_core.experiments import sae_config, sae_dir, train_or_load_saes
 from husai_core.sae.trainer import log_spaced_steps
 from husai_core.report import record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
+from husai_core.sources import heldout_rows, open_source, storage_layout
 
 art = resolve_artifacts(profile, artifacts_dir)
-cache = load_cache(art / "activations" / layout)
-x = cache.get(hook)
-target = cache.get(transcoder_target) if transcoder_target else None
+if activations is None:  # this project's cache (phase 2), in memory
+    cache = load_cache(art / "activations" / layout)
+    x = cache.get(hook)
+    target = cache.get(transcoder_target) if transcoder_target else None
+    source = None
+else:  # any supported activation source, streamed from disk
+    source = x = open_source(activations, hook=hook)
+    hook = x.hook
+    target = open_source(activations, hook=transcoder_target) if transcoder_target else None
+    print(f"activations: {x.describe()}")
 cfg = sae_config(x.shape[1], {"architecture": architecture, "d_sae": d_sae, "k": k, "steps": steps,
                               "batch_size": batch_size, "lr": lr, "transcoder": target is not None, **sae_params},
                  d_out=target.shape[1] if target is not None else None)
 train_idx, held_idx = heldout_split(x.shape[0], heldout_fraction, split_seed)
-folder = sae_dir(art, layout, hook if target is None else f"{hook}->{transcoder_target}", cfg)
+store_layout = storage_layout(layout, source)
+folder = sae_dir(art, store_layout, hook if target is None else f"{hook}->{transcoder_target}", cfg)
 (trained,) = train_or_load_saes(folder, cfg, x[train_idx], [seed], x_target=None if target is None else target[train_idx],
                                 reuse=reuse_checkpoint, progress=progress,
                                 snapshot_steps=tuple(log_spaced_steps(cfg.steps, snapshot_first)),
-                                heldout=x[held_idx], heldout_target=None if target is None else target[held_idx])
+                                heldout=heldout_rows(x, held_idx),
+                                heldout_target=None if target is None else heldout_rows(target, held_idx))
 print(f"{cfg.architecture} SAE, d_in {cfg.d_in} -> d_sae {cfg.d_sae}, {cfg.steps} steps of {cfg.batch_size} rows; "
       f"seed {seed} saved in {trained.path}")
 
@@ -119,4 +137,6 @@ results_path = record_results(run_dir, {
                  "held-out dead fraction": metrics["heldout"]["dead_fraction"], "training-row EV": metrics["ev"]},
     "config": cfg.to_dict(), "config_id": folder.name, "checkpoint": str(trained.path),
     "layout": layout, "hook": hook, "transcoder_target": transcoder_target, "metrics": metrics,
+    "activations": None if source is None else {"path": str(activations), "source": source.describe(),
+                                                "storage_layout": store_layout},
 }, notebook="03_sae_training")

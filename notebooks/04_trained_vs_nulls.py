@@ -36,6 +36,13 @@
 # **over seeds**, tests are seed-level permutation tests, and LCB = trained CI low − null CI
 # high. **The headline is the verdict against the strongest null** (the null with the highest
 # consistency on the headline metric).
+#
+# `activations` (default None: this project's cache and transformer) may name any activation
+# source `husai_core.sources.open_source` reads (a per-dataset folder, a SAELens activation
+# cache, ...; `hook` picks its tensor). Its training rows are streamed from disk; held-out rows
+# are read into memory (an evenly spaced subset when they exceed 32 MiB); the Gaussian null is
+# drawn in memory as for our cache. Foreign activations have no transformer, so the
+# `random_transformer` null and the Fourier ground truth are dropped (with a printed note).
 
 # %% tags=["parameters"]
 profile = "interactive"
@@ -43,6 +50,7 @@ run_dir = None
 artifacts_dir = None
 progress = True
 seeds = [42, 123, 456, 789, 1011, 2022, 3033, 4044]
+activations = None
 layout = "default"
 hook = "blocks.0.hook_resid_post"
 architecture = "topk"
@@ -77,7 +85,7 @@ from plotly.subplots import make_subplots
 from husai_core.activations import load_cache
 from husai_core.comparison import (compare_conditions, condition_views, equal_live_comparison, ground_truth_recovery,
                                    headline_verdict)
-from husai_core.conditions import condition_data, heldout_split, train_or_load_condition
+from husai_core.conditions import ConditionData, condition_data, heldout_split, train_or_load_condition
 from husai_core.consistency import disjoint_seeds
 from husai_core.convergence import convergence_table, plateau
 from husai_core.experiments import load_snapshots, sae_config
@@ -87,11 +95,24 @@ from husai_core.nulls import check_null
 from husai_core.report import record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
 from husai_core.sae.trainer import log_spaced_steps
+from husai_core.sources import open_source, source_condition_data, storage_layout
 
 art = resolve_artifacts(profile, artifacts_dir)
-transformer = load_checkpoint(art / "transformer" / layout)
-cache = load_cache(art / "activations" / layout)
-x = cache.get(hook)
+if activations is None:  # this project's cache and transformer
+    transformer = load_checkpoint(art / "transformer" / layout)
+    cache = load_cache(art / "activations" / layout)
+    x = cache.get(hook)
+    source = None
+else:  # any supported activation source, streamed from disk; there is no transformer
+    transformer = cache = None
+    source = x = open_source(activations, hook=hook)
+    hook = x.hook
+    print(f"activations: {x.describe()}")
+    if "random_transformer" in nulls:
+        print("note: the random_transformer null needs the transformer that made the activations, which foreign "
+              "activations do not have: dropped")
+        nulls = [n for n in nulls if n != "random_transformer"]
+store_layout = storage_layout(layout, source)
 split = heldout_split(x.shape[0], heldout_fraction, split_seed)
 cfg = sae_config(x.shape[1], {"architecture": architecture, "d_sae": d_sae, "k": k, "steps": steps,
                               "batch_size": batch_size, "lr": lr, **sae_params})
@@ -100,19 +121,25 @@ null_seeds = disjoint_seeds(seeds, len(seeds))
 for null in nulls:
     check_null(null)
 
-data = {"trained": condition_data("trained", x, split)}
-for null in nulls:
-    data[null] = condition_data(null, x, split, data_seed=null_data_seed, checkpoint=transformer, hook=hook)
-saes = {"trained": train_or_load_condition(art, layout, hook, cfg, data["trained"], seeds,
+if source is None:
+    data = {"trained": condition_data("trained", x, split)}
+    for null in nulls:
+        data[null] = condition_data(null, x, split, data_seed=null_data_seed, checkpoint=transformer, hook=hook)
+else:
+    data = {name: source_condition_data(name, source, split, data_seed=null_data_seed) for name in ["trained", *nulls]}
+saes = {"trained": train_or_load_condition(art, store_layout, hook, cfg, data["trained"], seeds,
                                            snapshot_steps=snapshot_steps, progress=progress)}
 for null in nulls:
-    saes[null] = train_or_load_condition(art, layout, hook, cfg, data[null], null_seeds,
+    saes[null] = train_or_load_condition(art, store_layout, hook, cfg, data[null], null_seeds,
                                          snapshot_steps=snapshot_steps, progress=progress)
 backend_name = None
 if reference_backend:
     backend_name = f"trained ({reference_backend})"
     data[backend_name] = data["trained"]
-    saes[backend_name] = train_or_load_condition(art, layout, hook, cfg, data["trained"], seeds,
+    if source is not None:  # SAELens's trainer takes its rows in memory
+        data[backend_name] = ConditionData("trained", data["trained"].train.materialise(), data["trained"].heldout,
+                                           data["trained"].description + " (read into memory for SAELens)")
+    saes[backend_name] = train_or_load_condition(art, store_layout, hook, cfg, data[backend_name], seeds,
                                                  backend=reference_backend, progress=progress)
 print(f"{cfg.architecture} d_sae {cfg.d_sae}, k {cfg.k}, {cfg.steps} steps x {cfg.batch_size} rows; "
       f"{len(split[0])} training / {len(split[1])} held-out rows; trained seeds {seeds}, null seeds {null_seeds}")
@@ -223,11 +250,15 @@ if backend_name:
 # a check that does not depend on any null.
 
 # %%
-p = transformer.task.p
-key_freqs = fourier_summary(number_embedding(transformer.model, p), top=fourier_top).key_frequencies
-gt = answer_fourier_directions(x, cache.labels["c"], p, key_freqs)
-recovery = ground_truth_recovery({name: [s.sae.W_dec.detach() for s in group] for name, group in saes.items()}, gt,
-                                 threshold=gt_threshold, n_resamples=n_resamples, stats_seed=stats_seed)
+recovery, key_freqs = {}, None
+if transformer is not None:
+    p = transformer.task.p
+    key_freqs = fourier_summary(number_embedding(transformer.model, p), top=fourier_top).key_frequencies
+    gt = answer_fourier_directions(x, cache.labels["c"], p, key_freqs)
+    recovery = ground_truth_recovery({name: [s.sae.W_dec.detach() for s in group] for name, group in saes.items()}, gt,
+                                     threshold=gt_threshold, n_resamples=n_resamples, stats_seed=stats_seed)
+else:
+    print("note: no ground truth for foreign activations (the Fourier directions come from our transformer's task)")
 pd.DataFrame({name: {"mean recovered": r["mean"], "CI low": r["ci_low"], "CI high": r["ci_high"],
                      "per seed": r["counts"]} for name, r in recovery.items() if isinstance(r, dict)}).T
 
@@ -271,11 +302,13 @@ results_path = record_results(run_dir, {
         "held-out dead fraction": float(recon.loc["trained", "held-out dead fraction"]),
         "converged": plateaus["trained"]["converged"],
         **({f"SAELens {headline_metric}": comparison["table"][backend_name][headline_metric]["mean"]} if backend_name else {}),
-        "Fourier directions recovered (trained)": recovery["trained"]["mean"],
+        "Fourier directions recovered (trained)": recovery["trained"]["mean"] if recovery else None,
     },
     "verdict": headline["text"] + " Verdicts against each null: "
                + ", ".join(f"{n}: {v}" for n, v in headline["by_null"].items()) + ".",
     "config": cfg.to_dict(), "seeds": seeds, "null_seeds": null_seeds, "hook": hook, "layout": layout,
+    "activations": None if source is None else {"path": str(activations), "source": source.describe(),
+                                                "storage_layout": store_layout, "nulls": nulls},
     "split": {"heldout_fraction": heldout_fraction, "split_seed": split_seed, "n_train": len(split[0]),
               "n_heldout": len(split[1])},
     "conditions": {name: {"description": d.description, "checkpoints": [str(s.path) if s.path else None for s in saes[name]],

@@ -80,7 +80,6 @@ demo_lr = 0.003
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
@@ -122,7 +121,7 @@ if demo:
             labels.append(f"demo {arch}")
     activations, hook = str(acts_dir), "hook_planted"
     print(f"demo: {len(paths)} SAELens-format SAEs ({', '.join(demo_architectures)} x seeds {demo_seeds}) trained on "
-          f"{demo_rows} rows with {demo_atoms} planted atoms (d_in {demo_d_in}); activations in {acts_dir}")
+          f"{demo_rows} rows with {demo_atoms} planted atoms (d_in {demo_d_in}); files in the run folder's demo/")
 
 result = compare_saes(paths, labels or None, activations, hook, nulls=nulls, heldout_fraction=heldout_fraction,
                       split_seed=split_seed, null_data_seed=null_data_seed, null_params=null_params,
@@ -140,6 +139,8 @@ if result["activations"]:
           f"{a['n_train']} for the nulls' training / {a['n_heldout']} held out. {a['note']}.")
 for line in result["skipped"]:
     print(f"skipped: {line}")
+for line in result["warnings"]:
+    print(f"warning: {line}")
 pd.DataFrame(result["inputs"]).drop(columns=["source"]).set_index("path")
 
 # %% [markdown]

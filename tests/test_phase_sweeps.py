@@ -50,16 +50,20 @@ def test_ablation_results_are_coherent(phases):
     for sweep, col, grid in (("k_sweep", "k", params["k_grid"]), ("d_sae_sweep", "d_sae", params["d_sae_grid"])):
         rows = pd.DataFrame(res[sweep])
         assert sorted(rows[col]) == sorted(grid)
-        assert (rows.ratio > 0).all() and (rows.random > 0).all()
+        assert (rows.ratio > 0).all() and (rows.random > 0).all() and (rows.null > 0).all()
+        assert (rows.null_seeds == len(params["seeds"])).all()  # every configuration has its gaussian_matched null
+        assert rows.null_lcb.tolist() == pytest.approx((rows.pwmcc_ci_low - rows.null_ci_high).tolist())
         assert ((rows.pwmcc_ci_low <= rows.pwmcc) & (rows.pwmcc <= rows.pwmcc_ci_high)).all()
         assert ((0 < rows.ev) & (rows.ev <= 1)).all() and (rows.n_seeds == len(params["seeds"])).all()
-        assert (rows.p_holm >= rows.permutation_p - 1e-12).all()
+        assert (rows.p_holm >= rows.null_p - 1e-12).all()  # Holm on the p against the gaussian_matched null
         assert rows.selected.sum() == 1
         best = rows[rows.selected].iloc[0]
         pool = rows[rows.significant] if rows.significant.any() else rows
-        assert best.lcb == pool.lcb.max()
+        assert best.null_lcb == pool.null_lcb.max()
     k_best = pd.DataFrame(res["k_sweep"]).set_index("k").loc[head["best k"]]
-    assert head["best k ratio"] == pytest.approx(k_best.ratio) and head["best k EV"] == pytest.approx(k_best.ev)
+    assert head["best k ratio vs gaussian_matched"] == pytest.approx(k_best.null_ratio)
+    assert head["best k EV"] == pytest.approx(k_best.ev)
+    assert res["selection"]["k"]["against"] == "gaussian_matched"
     d_rows = pd.DataFrame(res["d_sae_sweep"])
     assert res["effective_rank"] > 0
     assert d_rows.d_sae_over_rank.tolist() == pytest.approx((d_rows.d_sae / res["effective_rank"]).tolist())
@@ -75,7 +79,7 @@ def test_rerun_resumes_the_sweep_without_retraining(in_phase_runs):
     files = sorted(sweep.glob("points/*.json")) + sorted(Path(p["checkpoint"]) / "sae.safetensors" for p in first["points"])
     params = smoke_params("05_ablations")
     n_configs = len(params["k_grid"]) + len(params["d_sae_grid"]) - 1  # one configuration is in both sweeps
-    assert len(list(sweep.glob("points/*.json"))) == n_configs * len(params["seeds"])
+    assert len(list(sweep.glob("points/*.json"))) == 2 * n_configs * len(params["seeds"])  # trained + null
     before = {f: f.stat().st_mtime_ns for f in files}
     again = runner.run_notebook("05_ablations", "smoke", render=False)
     assert {f: f.stat().st_mtime_ns for f in files} == before  # nothing was retrained or rewritten
@@ -102,6 +106,7 @@ def test_frontier_compares_all_architectures_at_reported_sparsity(phases):
     frontier = pd.DataFrame(res["frontier"]).set_index("architecture")
     assert set(frontier.index) == ARCHITECTURES
     assert (frontier.ratio > 0).all() and ((0 < frontier.ev) & (frontier.ev <= 1)).all()
+    assert (frontier.null > 0).all() and frontier.null_verdict.notna().all()  # judged against gaussian_matched
     assert (frontier.target_l0 == k).all()
     assert frontier.l0_vs_target.tolist() == pytest.approx((frontier.l0 / k).tolist())
     assert frontier.loc["topk", "l0"] <= k and frontier.loc["matryoshka", "l0"] <= k
@@ -116,14 +121,14 @@ def test_frontier_compares_all_architectures_at_reported_sparsity(phases):
         cal = res["calibration"][arch]
         assert cal["coeff_name"] == knob and cal["target_l0"] == k and 1 <= len(cal["trace"]) <= params["calibration_iters"]
         assert cal["coeff"] in [t["coeff"] for t in cal["trace"]]
-        assert (points[points.architecture == arch][knob] == cal["coeff"]).all()
+        assert (points[(points.architecture == arch) & (points.condition == "trained")][knob] == cal["coeff"]).all()
         assert frontier.loc[arch, "calibrated_knob"] == knob and frontier.loc[arch, "calibrated_value"] == cal["coeff"]
     # headline: per-architecture numbers and the winner, which must be sparsity-matched when any is
     head = res["headline"]
     assert head["most consistent at matched sparsity"] in ARCHITECTURES
     for arch in ARCHITECTURES:
         row = frontier.loc[arch]
-        assert head[f"{arch} (PWMCC, ratio, EV, L0)"] == pytest.approx([row.pwmcc, row.ratio, row.ev, row.l0])
+        assert head[f"{arch} (PWMCC, gaussian_matched, EV, L0)"] == pytest.approx([row.pwmcc, row.null, row.ev, row.l0])
     winner = frontier.loc[head["most consistent at matched sparsity"]]
     assert winner.selected and (winner.eligible or not frontier.eligible.any())
     assert frontier.eligible.tolist() == [abs(v - 1) <= 0.25 for v in frontier.l0_vs_target]
@@ -131,6 +136,14 @@ def test_frontier_compares_all_architectures_at_reported_sparsity(phases):
 
 
 # ---------------------------------------------------------------- selection and calibration rules
+
+def test_selection_is_against_the_gaussian_matched_null_when_present():
+    summary = pd.DataFrame({"k": [4, 8], "lcb": [0.3, 0.1], "permutation_p": [0.001, 0.001],
+                            "null_lcb": [-0.05, 0.02], "null_p": [0.3, 0.01]})
+    out, choice = select_by_lcb(summary, alpha=0.05)
+    assert choice["against"] == "gaussian_matched" and choice["row"]["k"] == 8  # isotropic LCB would pick 4
+    assert out.p_holm.tolist() == pytest.approx([0.3, 0.02])
+
 
 def test_selection_prefers_significant_configurations_after_holm():
     summary = pd.DataFrame({"k": [4, 8, 16], "lcb": [0.05, 0.30, 0.10], "permutation_p": [0.001, 0.2, 0.004]})

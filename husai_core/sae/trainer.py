@@ -18,6 +18,24 @@ With ``cfg.normalize_activations="expected_average_only_in"`` the rows are scale
 mean squared norm is d_in before training and the trained SAE is folded back to raw units
 (``BaseSAE.fold_input_scale``). ``snapshot_steps`` keeps the SAE's public tensors (in raw
 units) after those steps, for convergence analyses.
+
+Streaming: ``x`` (and ``x_target``) may be an activation *source* (``husai_core.sources``, or
+any object with ``take(idx)``, ``shape`` and ``__len__``) instead of a tensor. Each step then
+reads only its batch's rows from disk (``_StreamRows``; same shuffled-pass sampling and, up to
+``PERM_MAX_ROWS`` rows, the very same data order as in memory, so a source trains exactly like
+its rows held in memory on CPU). Data memory is then bounded, independent of the row count, by
+
+    ~3 x S x batch_size x d_in x 4 bytes      the batch being read (gather, float32, scaled)
+  + min(65,536, 2^23 / d_in) x d_in x 4 bytes  the final-metrics subset (<= 32 MiB; BatchTopK:
+                                              once more for its calibration rows)
+  + 8192 x d_in x 12 bytes, before training   the b_dec init rows (geometric median, float64)
+  + 8 x min(n, PERM_MAX_ROWS) bytes per seed   the shuffled-pass permutation (<= 32 MiB)
+
+plus the kernel page cache (reclaimable, not process memory): no file stays mapped between
+batches. Reads are synchronous (no prefetch) and, within a batch, in file order. Input
+normalisation and the ``mean`` b_dec init read the source once in ``sources.CHUNK_BYTES`` chunks.
+The final training-row metrics of a streamed source are on ``sources.eval_rows`` evenly spaced
+rows (``metrics["n_rows"]`` says how many).
 """
 
 from __future__ import annotations
@@ -36,6 +54,7 @@ from tqdm.auto import tqdm
 from ..device import describe_device, pick_device, seed_everything
 from ..errors import HusaiError
 from ..metrics import evaluate_sae
+from ..sources import INIT_MAX_ROWS, eval_rows, evenly_spaced, is_source, mean_rows, mean_sq_norm
 from .base import BaseSAE, stack_saes
 from .batchtopk import BatchTopKSAE
 from .build import DATA_STREAM, build_sae, derived_seed
@@ -55,7 +74,9 @@ class TrainResult:
 
     ``history`` has one row per logged step (columns ``LOG_COLUMNS``; ``ev`` is on that
     step's batch, ``dead_fraction`` uses the ``dead_tokens`` window). ``metrics`` is
-    ``evaluate_sae`` on all training rows plus ``dead_fraction_train`` (latents idle for
+    ``evaluate_sae`` on the training rows (all of them up to ``FINAL_EVAL_ROWS`` = 8192, else
+    8192 evenly spaced ones; a streamed source: ``sources.eval_rows`` evenly spaced rows;
+    ``n_rows`` = ``dead_window_tokens`` says how many) plus ``dead_fraction_train`` (latents idle for
     ``dead_tokens`` tokens at the end of training). ``info`` records seed, device, mode and
     time (for seeds trained as one batched stack: the whole stack's time).
     """
@@ -77,8 +98,9 @@ def log_spaced_steps(steps: int, first: int = 25) -> list[int]:
 
 
 def input_scale(x: Tensor) -> float:
-    """SAELens ``expected_average_only_in``: the factor that makes mean ||x||^2 equal d_in."""
-    ms = float(x.double().pow(2).sum(-1).mean())
+    """SAELens ``expected_average_only_in``: the factor that makes mean ||x||^2 equal d_in.
+    An activation source (``husai_core.sources``) is read in chunks."""
+    ms = mean_sq_norm(x) if is_source(x) else float(x.double().pow(2).sum(-1).mean())
     if not ms > 0:
         raise HusaiError("cannot normalise activations whose mean squared norm is 0")
     return math.sqrt(x.shape[-1] / ms)
@@ -117,9 +139,147 @@ class _RowSampler:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+# Streamed sources (husai_core.sources): up to this many rows the shuffled passes use an explicit
+# permutation (_RowSampler, 8 bytes per row: the in-memory path's data order, so a source trains
+# exactly like its rows in memory); above it a seeded bijection (_BijectionSampler, O(1) memory).
+PERM_MAX_ROWS = 2**22
+
+
+class _BijectionSampler:
+    """Shuffled passes over ``n`` rows without storing a permutation: pass p visits row
+    F_p(i) at position i, with F_p a 4-round Feistel bijection of [0, 4^h) (4^h >= n) keyed
+    from the seeded generator and cycle-walked into [0, n)."""
+
+    ROUNDS = 4
+
+    def __init__(self, n: int, seed: int):
+        self.n = n
+        self.half = max(1, math.ceil(math.log2(max(n, 2)) / 2))
+        self.mask = (1 << self.half) - 1
+        self.gen = torch.Generator().manual_seed(derived_seed(seed, DATA_STREAM))
+        self.keys = self._new_keys()
+        self.pos = 0
+
+    def _new_keys(self) -> list[int]:
+        return torch.randint(0, 2**31 - 1, (self.ROUNDS,), generator=self.gen).tolist()
+
+    def _f(self, v: Tensor) -> Tensor:
+        left, right = v >> self.half, v & self.mask
+        for key in self.keys:
+            h = ((right & 0xFFFFFFFF) * 0x5BD1E995 + key) & 0xFFFFFFFF
+            h = h ^ (h >> 15)
+            h = ((h & 0x7FFFFFFF) * 0x2C1B3C6D) & 0xFFFFFFFF
+            left, right = right, left ^ ((h ^ (h >> 13)) & self.mask)
+        return (left << self.half) | right
+
+    def _perm(self, pos: Tensor) -> Tensor:
+        out = self._f(pos)
+        bad = out >= self.n
+        while bool(bad.any()):  # cycle walking: a bijection of [0, 4^h) restricted to [0, n)
+            out[bad] = self._f(out[bad])
+            bad = out >= self.n
+        return out
+
+    def take(self, b: int) -> Tensor:
+        parts = []
+        while b > 0:
+            if self.pos >= self.n:
+                self.keys = self._new_keys()
+                self.pos = 0
+            m = min(b, self.n - self.pos)
+            parts.append(self._perm(torch.arange(self.pos, self.pos + m)))
+            self.pos += m
+            b -= m
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _sampler(n: int, seed: int, streamed: bool) -> _RowSampler | _BijectionSampler:
+    return _BijectionSampler(n, seed) if streamed and n > PERM_MAX_ROWS else _RowSampler(n, seed)
+
+
+class _StreamRows:
+    """Stands in for the in-memory activation tensor when training on a source: ``rows[idx]``
+    reads rows ``idx`` (any shape) from the source (``take``), checks them, and returns float32
+    on ``device`` times ``scale`` (the same float32 product the in-memory path makes).
+
+    Memory per call: ~3 x idx.numel() x d_in x 4 bytes (source gather, float32 rows, scaled copy).
+    """
+
+    def __init__(self, source: Any, device: torch.device, scale: float = 1.0):
+        self.source, self.device, self.scale = source, device, scale
+        self.shape = (len(source), int(source.shape[1]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx: Tensor) -> Tensor:
+        rows = torch.as_tensor(self.source.take(idx.reshape(-1).cpu()), dtype=torch.float32)
+        if rows.shape != (idx.numel(), self.shape[1]):
+            raise HusaiError(f"the activation source returned rows of shape {tuple(rows.shape)}, "
+                             f"expected ({idx.numel()}, {self.shape[1]})")
+        if not torch.isfinite(rows).all():
+            raise HusaiError("activations contain NaN or infinite values (found while streaming rows from the source)")
+        rows = rows.to(self.device)
+        if self.scale != 1.0:
+            rows = rows * self.scale
+        return rows.view(*idx.shape, self.shape[1])
+
+    def subset(self, m: int) -> Tensor:
+        """``m`` evenly spaced rows (round(linspace(0, n-1, m))) in memory, as ``self[...]``."""
+        return self[evenly_spaced(self.shape[0], m)]
+
+
+def _check_source_data(cfg: SAEConfig, x: Any, x_target: Any) -> tuple[Any, Any]:
+    """Checks for streamed training (``x`` and/or ``x_target`` a source); tensors are wrapped
+    as sources. Finiteness is checked batch by batch while training (``_StreamRows``)."""
+    from ..sources import as_source
+
+    x = as_source(x)
+    n, width = len(x), int(x.shape[1])
+    if width != cfg.d_in:
+        raise HusaiError(f"activations have width {width} but cfg.d_in is {cfg.d_in}")
+    if n == 0:
+        raise HusaiError("activations have no rows")
+    t = None
+    if cfg.transcoder:
+        if x_target is None:
+            raise HusaiError("cfg.transcoder is set: pass x_target (the activations to reconstruct)")
+        t = as_source(x_target)
+        if int(t.shape[1]) != cfg.d_target:
+            raise HusaiError(f"x_target has width {int(t.shape[1])} but the transcoder's d_out is {cfg.d_target}")
+        if len(t) != n:
+            raise HusaiError(f"x_target has {len(t)} rows but x has {n}")
+    elif x_target is not None:
+        raise HusaiError("x_target was given but cfg.transcoder is False")
+    return x, t
+
+
+def _init_rows(x: Any, cfg: SAEConfig, device: torch.device, scale: float) -> Tensor | None:
+    """Rows for ``init_biases_from_data`` from a source: ``geometric_median`` gets the <= 8192
+    evenly spaced rows it would pick from the whole tensor (so the same b_dec), ``mean`` one
+    row holding the exact streamed mean, ``zeros`` nothing."""
+    if cfg.b_dec_init == "zeros":
+        return None
+    if cfg.b_dec_init == "mean":
+        return mean_rows(x, scale).float().to(device).unsqueeze(0)
+    return _StreamRows(x, device, scale).subset(INIT_MAX_ROWS)
+
+
+def _eval_rows(x: Any, t: Any, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """The rows the final training-row metrics use: all rows of an in-memory tensor; for a
+    source ``sources.eval_rows`` evenly spaced rows (<= 65,536 rows and <= 32 MiB of float32)."""
+    if not is_source(x):
+        return (x.to(device=device, dtype=torch.float32),
+                None if t is None else t.to(device=device, dtype=torch.float32))
+    idx = evenly_spaced(len(x), eval_rows(len(x), int(x.shape[1])))
+    return (_StreamRows(x, device)[idx], None if t is None else _StreamRows(t, device)[idx])
+
+
 def _check_data(cfg: SAEConfig, x: Any, x_target: Any) -> tuple[Tensor, Tensor | None]:
     if not isinstance(cfg, SAEConfig):
         raise HusaiError(f"expected an SAEConfig, got {type(cfg).__name__}")
+    if is_source(x) or is_source(x_target):
+        return _check_source_data(cfg, x, x_target)
     x = torch.as_tensor(x)
     if x.dim() < 2:
         raise HusaiError(f"activations must have shape (rows, d_in), got {tuple(x.shape)}")
@@ -205,7 +365,7 @@ def _fit(sae: BaseSAE, xd: Tensor, td: Tensor | None, seeds: list[int], progress
     cfg = sae.cfg
     S, B, n = sae.n_stack, cfg.batch_size, xd.shape[0]
     steps = cfg.steps if steps is None else steps
-    samplers = [_RowSampler(n, s) for s in seeds]
+    samplers = [_sampler(n, s, isinstance(xd, _StreamRows)) for s in seeds]
     opt = make_optimizer(list(sae.parameters()), cfg)
     since = torch.zeros(S, cfg.d_sae, dtype=torch.long, device=xd.device)
     rows: list[dict] = []
@@ -257,6 +417,28 @@ def _folded(sae: BaseSAE, xd: Tensor, scale: tuple[float, float]) -> list[BaseSA
     return singles
 
 
+# The final training-row metrics (``TrainResult.metrics``) of in-memory data are ``evaluate_sae``
+# on all rows when there are at most this many, else on this many evenly spaced rows
+# (round(linspace(0, n-1, m)), the rule of the b_dec init): the evaluation is a fixed cost per
+# call that must stay small next to training. ``metrics["n_rows"]`` (= ``dead_window_tokens``)
+# records how many rows were evaluated.
+FINAL_EVAL_ROWS = 8192
+
+
+def _metric_rows(x: Any, t: Any, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """Rows for the final metrics, float32 on ``device``: in-memory data -> all rows up to
+    ``FINAL_EVAL_ROWS``, else that many evenly spaced rows (selected before the device copy and
+    dtype cast, so only they are copied); a streamed source -> ``_eval_rows``."""
+    if is_source(x):
+        return _eval_rows(x, t, device)
+    n = x.shape[0]
+    if n > FINAL_EVAL_ROWS:
+        idx = evenly_spaced(n, FINAL_EVAL_ROWS).to(x.device)
+        x = x[idx]
+        t = None if t is None else t[idx]
+    return _eval_rows(x, t, device)
+
+
 def _train_group(cfg: SAEConfig, x: Tensor, t: Tensor | None, seeds: list[int], device: torch.device,
                  progress: bool, mode: str, extra_loss: ExtraLoss | None = None,
                  snapshot_steps: tuple[int, ...] = ()) -> list[TrainResult]:
@@ -265,28 +447,39 @@ def _train_group(cfg: SAEConfig, x: Tensor, t: Tensor | None, seeds: list[int], 
     seed_everything(seeds[0])
     scale = (1.0, 1.0)
     if cfg.normalize_activations == "expected_average_only_in":
-        scale = (input_scale(x), input_scale(t) if t is not None else input_scale(x))
-    xd = x.to(device=device, dtype=torch.float32) * scale[0] if scale[0] != 1.0 else x.to(device=device, dtype=torch.float32)
-    td = None if t is None else t.to(device=device, dtype=torch.float32) * scale[1]
+        s_in = input_scale(x)
+        scale = (s_in, input_scale(t) if t is not None else s_in)
+    streamed = is_source(x)  # rows read from disk batch by batch (husai_core.sources)
+    if streamed:
+        xd = _StreamRows(x, device, scale[0])
+        td = None if t is None else _StreamRows(t, device, scale[1])
+        x_init = _init_rows(x, cfg, device, scale[0])
+        t_init = None if t is None else _init_rows(t, cfg, device, scale[1])
+        # BatchTopK calibrates on rows in memory: the evaluation subset, scaled like training rows
+        x_fold = xd.subset(eval_rows(len(x), cfg.d_in)) if cfg.architecture == "batchtopk" else None
+    else:
+        xd = x.to(device=device, dtype=torch.float32) * scale[0] if scale[0] != 1.0 else x.to(device=device, dtype=torch.float32)
+        td = None if t is None else t.to(device=device, dtype=torch.float32) * scale[1]
+        x_init, t_init, x_fold = xd, td, xd
     singles = []
     for s in seeds:
         sae = build_sae(cfg, s, device=device)
-        sae.init_biases_from_data(xd, td)
+        sae.init_biases_from_data(x_init, t_init)
         singles.append(sae)
+    del x_init, t_init
     sae = singles[0] if len(singles) == 1 else stack_saes(singles)
     snaps: list[dict[int, dict[str, Tensor]]] = [{} for _ in seeds]
 
     def keep(step: int, model: BaseSAE) -> None:
-        for i, single in enumerate(_folded(copy.deepcopy(model), xd, scale)):
+        for i, single in enumerate(_folded(copy.deepcopy(model), x_fold, scale)):
             snaps[i][step] = public_tensors(single)
 
     desc = f"SAE {cfg.architecture} seed {seeds[0]}" if len(seeds) == 1 else f"SAE {cfg.architecture} x{len(seeds)} seeds"
     rows, since, seconds = _fit(sae, xd, td, seeds, progress, desc, extra_loss=extra_loss,
                                 on_snapshot=keep if snapshot_steps else None, snapshot_steps=tuple(snapshot_steps))
-    trained = _folded(sae, xd, scale)
+    trained = _folded(sae, x_fold, scale)
     history = pd.DataFrame(rows, columns=LOG_COLUMNS + (["extra"] if extra_loss is not None else []))
-    x_raw = x.to(device=device, dtype=torch.float32)
-    t_raw = None if t is None else t.to(device=device, dtype=torch.float32)
+    x_raw, t_raw = _metric_rows(x, t, device)  # <= FINAL_EVAL_ROWS evenly spaced rows (sources: _eval_rows)
     results = []
     for i, (s, single) in enumerate(zip(seeds, trained)):
         metrics = evaluate_sae(single, x_raw, t_raw, batch_size=max(cfg.batch_size, 4096))
@@ -306,7 +499,8 @@ def train_sae(cfg: SAEConfig, x: Any, seed: int, x_target: Any = None, device: s
     """Train one SAE of ``cfg`` on activations ``x`` (rows, d_in) under ``seed``.
 
     ``x_target`` (rows, d_out) is required for transcoders and refused otherwise. The whole
-    activation tensor is moved to ``device`` once (``"auto"``: CUDA when present). On CPU the
+    activation tensor is moved to ``device`` once (``"auto"``: CUDA when present); an activation
+    source (``husai_core.sources``) is instead streamed from disk batch by batch (module docstring). On CPU the
     result is bit-for-bit reproducible for a given seed. ``extra_loss(sae, step)`` (optional)
     is added to the minimised loss and logged as the history column ``extra``.
     """

@@ -1,0 +1,336 @@
+"""One-to-one (Hungarian) matching at any dictionary size (DESIGN.md §5, §8).
+
+Every Hungarian-based metric (``consistency.hungarian_match``; ``matching.pw_mcc``,
+``shared_latent``, ``activation_mcc`` and ``pair_family``) calls ``match`` (rows of two
+dictionaries) or ``match_blocks`` (a similarity *provider*, e.g. activation correlations).
+
+- **Dense** while the ``n_a x n_b`` float64 cost fits ``dense_limit`` elements (default
+  8192² = 512 MiB): the cost is filled in row chunks and solved exactly by scipy's
+  ``linear_sum_assignment``.
+- **Sparse** above it: one chunked pass over the similarity keeps the top-``m`` neighbours of
+  every row of A (among B) and of every row of B (among A); their union is a bipartite graph
+  with weights ``offset - sim`` (all > 0, as csgraph treats a 0 as a missing edge) solved by
+  ``scipy.sparse.csgraph.min_weight_full_bipartite_matching`` (LAPJVsp). The matching pairs
+  ``min(n_a, n_b)`` latents (a full matching of the smaller side). If the candidate graph has
+  no full matching (Hopcroft-Karp check first), ``m`` is doubled and the pass repeated.
+  The result is the optimum *over the candidate edges*: equal to the dense optimum whenever
+  the optimal pairs are among them (they almost always are: an optimal pair is rarely
+  outside both partners' top 16); ``benchmarks/consistency.py`` measures the gap.
+
+Memory: a similarity chunk of about ``CHUNK_BYTES`` plus O((n_a + n_b) m) candidates; a
+``d_sae x d_sae`` matrix is never held on the sparse path.
+
+The chunked similarity passes run on the tensors' device (CUDA included). On CPU the float32
+products use numpy's BLAS (OpenBLAS), which is markedly faster than torch's MKL on AMD CPUs
+(and the same library the dense numpy reference uses); its thread count follows
+``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS`` at import time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
+
+from .errors import HusaiError
+
+# Largest n_a * n_b solved densely: an 8192 x 8192 float64 cost is 512 MiB.
+DENSE_LIMIT = 8192 * 8192
+# Candidate neighbours kept per row of A and per row of B on the sparse path.
+TOP_M = 16
+# Bytes of one similarity chunk on the sparse path.
+CHUNK_BYTES = 64 << 20
+_GROUP = 32  # group width of the two-stage exact top-m along rows
+SIMILARITIES = ("cos", "abs_cos")
+
+
+@dataclass(frozen=True)
+class Matching:
+    """A one-to-one matching of ``min(n_a, n_b)`` pairs: ``rows[k]`` of A with ``cols[k]`` of
+    B (rows ascending), ``sims[k]`` their similarity (float64). ``method``: "dense" or
+    "sparse"; ``top_m``: candidates per row that gave the sparse matching (None when dense);
+    ``n_edges``: candidate edges of the sparse graph (``n_a * n_b`` when dense)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    sims: np.ndarray
+    method: str
+    top_m: int | None
+    n_edges: int
+
+    @property
+    def mean(self) -> float:
+        """Mean matched similarity."""
+        return float(self.sims.mean())
+
+
+# --------------------------------------------------------------------------- small helpers
+def _check_options(dense_limit, top_m) -> None:
+    if not isinstance(dense_limit, (int, float)) or isinstance(dense_limit, bool) or dense_limit < 0 \
+            or (isinstance(dense_limit, float) and math.isnan(dense_limit)):
+        raise HusaiError(f"dense_limit must be a number of cost-matrix elements >= 0, got {dense_limit!r}")
+    if isinstance(top_m, bool) or not isinstance(top_m, (int, np.integer)) or top_m < 1:
+        raise HusaiError(f"top_m must be a positive integer, got {top_m!r}")
+
+
+def mm_into(a: torch.Tensor, bt: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = a @ bt`` (float32). On CPU through numpy's BLAS (OpenBLAS; ``out`` may have a
+    row stride larger than its width); elsewhere ``torch.mm``."""
+    if out.device.type == "cpu" and out.dtype == torch.float32 and a.dtype == torch.float32:
+        np.matmul(a.numpy(), bt.numpy(), out=out.numpy())
+        return out
+    return torch.mm(a, bt, out=out)
+
+
+def _tqdm(total: int, progress: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not progress, desc=desc, leave=False)
+
+
+# --------------------------------------------------------------------------- dense path
+def solve_dense(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact minimum-cost assignment of a dense cost matrix (scipy ``linear_sum_assignment``)."""
+    return linear_sum_assignment(cost)
+
+
+def _dense_cost(a: torch.Tensor, b: torch.Tensor, abs_: bool, chunk_rows: int | None) -> np.ndarray:
+    """Float64 cost ``1 - sim`` (n_a, n_b), filled in row chunks of float32 products."""
+    n_a, n_b = a.shape[0], b.shape[0]
+    rows = chunk_rows or max(1, min(n_a, (32 << 20) // (4 * n_b)))
+    cost = np.empty((n_a, n_b), dtype=np.float64)
+    buf = torch.empty(min(rows, n_a), n_b, device=a.device)
+    bt = b.T
+    for start in range(0, n_a, rows):
+        stop = min(start + rows, n_a)
+        sim = mm_into(a[start:stop], bt, buf[: stop - start])
+        if abs_:
+            sim.abs_()
+        np.subtract(1.0, sim.cpu().numpy(), out=cost[start:stop])  # casts to float64 while writing
+    return cost
+
+
+# --------------------------------------------------------------------------- candidate selection
+def _row_topm(s: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-``m`` along dim 1 of ``s`` (r, w) (``w`` a multiple of _GROUP when grouped):
+    the top-m elements of a row lie in its top-m groups by group maximum, so we take the
+    group maxima, the m best groups, and the top-m of their ``m * _GROUP`` elements."""
+    r, w = s.shape
+    if w < 4 * m * _GROUP or w % _GROUP:
+        return s.topk(m, dim=1)
+    grouped = s.view(r, w // _GROUP, _GROUP)
+    best_groups = grouped.amax(dim=2).topk(m, dim=1).indices  # (r, m)
+    cand = grouped.gather(1, best_groups.unsqueeze(2).expand(r, m, _GROUP)).view(r, m * _GROUP)
+    vals, pos = cand.topk(m, dim=1)
+    return vals, best_groups.gather(1, pos // _GROUP) * _GROUP + pos % _GROUP
+
+
+class _Candidates:
+    """Running top-m candidates of a chunked pass over the similarity S (n_a, n_b), chunks of
+    rows of A at a time: exact top-m of each row of A (each chunk holds whole rows) and exact
+    top-m of each column (= row of B), kept by a running lower bound ``theta`` on each
+    column's m-th largest value: only elements >= theta are collected, and the collection is
+    trimmed to the exact top-m per column whenever it grows past a few ``m`` per column."""
+
+    def __init__(self, n_a: int, n_b: int, m: int, device: torch.device, dtype: torch.dtype):
+        self.n_a, self.n_b = n_a, n_b
+        self.m_row, self.m_col = min(m, n_b), min(m, n_a)
+        self.theta = torch.full((n_b,), -math.inf, device=device, dtype=dtype)
+        self.row_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.col_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.pending = 0
+
+    def add(self, s_pad: torch.Tensor, start: int) -> None:
+        """``s_pad`` (r, w >= n_b): similarities of rows start..start+r of A with every row of
+        B, then -inf padding columns (w a multiple of _GROUP for the grouped top-m)."""
+        r = s_pad.shape[0]
+        vals, cols = _row_topm(s_pad, self.m_row)
+        s = s_pad[:, : self.n_b]
+        rows = torch.arange(start, start + r, device=s.device).unsqueeze(1).expand(r, self.m_row)
+        self.row_parts.append((rows.reshape(-1), cols.reshape(-1), vals.reshape(-1)))
+        # column side: a lower bound of this chunk's m-th largest per column from group maxima
+        g = max(1, min(_GROUP, r // (2 * self.m_col)))
+        n_groups = r // g
+        if n_groups >= self.m_col:
+            gmax = s[: n_groups * g].view(n_groups, g, -1).amax(dim=1)  # (n_groups, n_b)
+            # m-th largest group max (transposed first: a contiguous reduction is much faster)
+            tau = gmax.T.contiguous().kthvalue(n_groups - self.m_col + 1, dim=1).values
+            torch.maximum(self.theta, tau, out=self.theta)
+        if s.device.type == "cpu":  # numpy's compare + flatnonzero is ~3x faster than torch's nonzero
+            flat = torch.from_numpy(np.flatnonzero(s.numpy() >= self.theta.numpy()))
+            hit_r, hit_c = flat // self.n_b, flat % self.n_b
+        else:
+            hit_r, hit_c = (s >= self.theta).nonzero().unbind(1)
+        if len(hit_r):
+            self.col_parts.append((hit_r + start, hit_c, s[hit_r, hit_c]))
+            self.pending += len(hit_r)
+        if self.pending > 4 * self.m_col * self.n_b:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Keep the exact top-m collected per column; raise theta to their m-th value."""
+        if not self.col_parts:
+            return
+        r, c, v = (torch.cat(x) for x in zip(*self.col_parts))
+        order = torch.sort(v, descending=True, stable=True).indices
+        order = order[torch.sort(c[order], stable=True).indices]  # by column, best first
+        r, c, v = r[order], c[order], v[order]
+        counts = torch.bincount(c, minlength=self.n_b)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(c), device=c.device) - starts[c]
+        keep = rank < self.m_col
+        last = keep & (rank == self.m_col - 1)
+        self.theta[c[last]] = torch.maximum(self.theta[c[last]], v[last])
+        self.col_parts = [(r[keep], c[keep], v[keep])]
+        self.pending = int(keep.sum())
+
+    def edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Union of the row and column candidates, deduplicated: (rows, cols, sims float64)."""
+        self._trim()
+        r, c, v = (torch.cat(x) for x in zip(*(self.row_parts + self.col_parts)))
+        r, c, v = r.cpu().numpy(), c.cpu().numpy(), v.double().cpu().numpy()
+        key = r.astype(np.int64) * self.n_b + c
+        key, first = np.unique(key, return_index=True)
+        return key // self.n_b, key % self.n_b, v[first]
+
+
+def _pass_candidates(n_a: int, n_b: int, fill: Callable[[int, int, torch.Tensor], None], m: int, abs_: bool,
+                     device: torch.device, dtype: torch.dtype, chunk_rows: int | None, progress: bool):
+    """One chunked pass: ``fill(i0, i1, out)`` writes S[i0:i1] into ``out`` (i1-i0, n_b)."""
+    w = n_b if n_b < 4 * m * _GROUP else -(-n_b // _GROUP) * _GROUP  # padded width for grouped top-m
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    rows = chunk_rows or max(1, min(n_a, CHUNK_BYTES // (itemsize * w)))
+    buf = torch.full((min(rows, n_a), w), -math.inf, device=device, dtype=dtype)  # pad columns stay -inf
+    cand = _Candidates(n_a, n_b, m, device, dtype)
+    with _tqdm(n_a, progress, f"candidate pass (top {m})") as bar:
+        for start in range(0, n_a, rows):
+            stop = min(start + rows, n_a)
+            s = buf[: stop - start]
+            fill(start, stop, s[:, :n_b])
+            if abs_:
+                s[:, :n_b].abs_()
+            cand.add(s, start)
+            bar.update(stop - start)
+    return cand
+
+
+def _solve_sparse(n_a: int, n_b: int, candidates: Callable[[int], tuple], top_m: int, offset: float):
+    """Candidates for m = top_m, 2 top_m, ... until the graph has a full matching; then LAPJVsp."""
+    m = top_m
+    while True:
+        r, c, v = candidates(m)
+        graph = csr_matrix((offset - v, (r, c)), shape=(n_a, n_b))  # weights > 0 (0 = no edge)
+        perm = maximum_bipartite_matching(graph, perm_type="column" if n_a <= n_b else "row")
+        if int((perm >= 0).sum()) == min(n_a, n_b):
+            rows, cols = min_weight_full_bipartite_matching(graph)
+            rows, cols = rows.astype(np.int64), cols.astype(np.int64)
+            pos = np.searchsorted(r * n_b + c, rows * n_b + cols)  # candidates are sorted by key
+            return rows, cols, v[pos], m, len(r)
+        if m >= max(n_a, n_b):  # cannot happen: the complete graph has a full matching
+            raise HusaiError("sparse assignment found no full matching on the complete candidate graph")
+        m = min(2 * m, max(n_a, n_b))
+
+
+# --------------------------------------------------------------------------- public API
+def match_units(a: torch.Tensor, b: torch.Tensor, similarity: str = "cos", *, dense_limit: float = DENSE_LIMIT,
+                top_m: int = TOP_M, chunk_rows: int | None = None, progress: bool = False) -> Matching:
+    """``match`` on already validated unit rows (float32 tensors on one device)."""
+    if similarity not in SIMILARITIES:
+        raise HusaiError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    _check_options(dense_limit, top_m)
+    abs_ = similarity == "abs_cos"
+    n_a, n_b = a.shape[0], b.shape[0]
+    if n_a * n_b <= dense_limit:
+        rows, cols = solve_dense(_dense_cost(a, b, abs_, chunk_rows))
+        method, m, n_edges = "dense", None, n_a * n_b
+    else:
+        bt = b.T
+
+        def candidates(m: int):
+            fill = lambda i0, i1, out: mm_into(a[i0:i1], bt, out)  # noqa: E731
+            return _pass_candidates(n_a, n_b, fill, m, abs_, a.device, torch.float32, chunk_rows, progress).edges()
+
+        rows, cols, _, m, n_edges = _solve_sparse(n_a, n_b, candidates, int(top_m), offset=3.0)
+        method = "sparse"
+    # matched similarities in float64 from the pairs: exact up to the unit rows, O(n d_in)
+    ra = a[torch.from_numpy(rows).to(a.device)].double()
+    rb = b[torch.from_numpy(cols).to(b.device)].double()
+    sims = (ra * rb).sum(dim=1)
+    sims = (sims.abs() if abs_ else sims).cpu().numpy()
+    return Matching(rows, cols, sims, method, m, n_edges)
+
+
+def match(a_rows, b_rows, similarity: str = "cos", *, dense_limit: float = DENSE_LIMIT, top_m: int = TOP_M,
+          chunk_rows: int | None = None, device: str | torch.device | None = None,
+          progress: bool = False) -> Matching:
+    """Optimal one-to-one matching of the rows of ``a_rows`` (n_a, d) and ``b_rows`` (n_b, d)
+    (torch tensors or numpy arrays; rows are L2-normalised, a zero row has similarity 0 with
+    everything) maximising the summed similarity: ``"cos"`` signed cosine (cost ``1 - cos``),
+    ``"abs_cos"`` absolute cosine. Pairs ``min(n_a, n_b)`` rows.
+
+    Dense (exact) while ``n_a * n_b <= dense_limit``; sparse top-``top_m`` candidate matching
+    above it (see the module docstring). ``chunk_rows``: rows of A per similarity chunk
+    (default: by memory). ``progress``: tqdm bars over the chunked passes.
+    """
+    from .consistency import _prepare
+
+    a, b = _prepare([a_rows, b_rows], ["a_rows", "b_rows"], device)
+    return match_units(a, b, similarity, dense_limit=dense_limit, top_m=top_m, chunk_rows=chunk_rows,
+                       progress=progress)
+
+
+def match_blocks(n_a: int, n_b: int, blocks: Callable[[int, int], torch.Tensor | np.ndarray], *,
+                 dense_limit: float = DENSE_LIMIT, top_m: int = TOP_M, block_rows: int | None = None,
+                 progress: bool = False) -> Matching:
+    """Optimal one-to-one matching maximising the summed similarity, where the similarity
+    ``S`` (n_a, n_b) is only available through a provider: ``blocks(i0, i1)`` returns
+    ``S[i0:i1]`` (i1 - i0, n_b) as a tensor (any device; float64 stays float64) or array.
+    ``S`` must lie in [-1, 1] (e.g. correlations). Dense while ``n_a * n_b <= dense_limit``
+    (S assembled from blocks, then ``linear_sum_assignment`` on ``1 - S``); otherwise the
+    sparse candidate matching, streaming the blocks (again if ``top_m`` has to be widened) and
+    keeping only the top-m per row and per column. ``sims`` are the provider's values."""
+    for name, v in (("n_a", n_a), ("n_b", n_b)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise HusaiError(f"{name} must be a positive integer, got {v!r}")
+    _check_options(dense_limit, top_m)
+    rows_per = block_rows or max(1, min(n_a, (32 << 20) // (8 * n_b)))
+
+    def block(i0: int, i1: int) -> torch.Tensor:
+        x = blocks(i0, i1)
+        t = torch.from_numpy(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+        if tuple(t.shape) != (i1 - i0, n_b):
+            raise HusaiError(f"similarity provider returned shape {tuple(t.shape)} for rows {i0}:{i1}, "
+                             f"expected ({i1 - i0}, {n_b})")
+        return t
+
+    if n_a * n_b <= dense_limit:
+        cost = np.empty((n_a, n_b), dtype=np.float64)
+        with _tqdm(n_a, progress, "similarity blocks") as bar:
+            for i0 in range(0, n_a, rows_per):
+                i1 = min(i0 + rows_per, n_a)
+                np.subtract(1.0, block(i0, i1).detach().cpu().double().numpy(), out=cost[i0:i1])
+                bar.update(i1 - i0)
+        if not np.isfinite(cost).all():
+            raise HusaiError("similarity provider returned NaN or inf")
+        rows, cols = solve_dense(cost)
+        return Matching(rows, cols, 1.0 - cost[rows, cols], "dense", None, n_a * n_b)
+    probe = block(0, min(rows_per, n_a))
+    dtype = torch.float64 if probe.dtype == torch.float64 else torch.float32
+
+    def fill(i0: int, i1: int, out: torch.Tensor) -> None:
+        x = probe if (i0 == 0 and i1 == probe.shape[0]) else block(i0, i1)
+        out.copy_(x)
+        if not bool(torch.isfinite(out).all()):
+            raise HusaiError("similarity provider returned NaN or inf")
+
+    def candidates(m: int):
+        return _pass_candidates(n_a, n_b, fill, m, False, probe.device, dtype, rows_per, progress).edges()
+
+    rows, cols, sims, m, n_edges = _solve_sparse(n_a, n_b, candidates, int(top_m), offset=3.0)
+    return Matching(rows, cols, sims, "sparse", m, n_edges)
