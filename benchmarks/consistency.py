@@ -1,26 +1,44 @@
-"""Benchmark: chunked torch PWMCC / Hungarian vs a straightforward dense numpy/scipy version.
+"""Benchmark: PWMCC and Hungarian matching, ours vs dense numpy/scipy, and ours alone at scale.
 
-Run: ``.venv/bin/python benchmarks/consistency.py`` -> ``benchmarks/results/consistency.json``.
+Run: ``nice -n 19 .venv/bin/python benchmarks/consistency.py`` -> ``benchmarks/results/consistency.json``
+(about an hour on 2 shared cores; ``--quick`` runs tiny sizes to check the script).
 
-Both sides get the same float32 Gaussian decoders (random pairs are the slow case for the
-assignment solver). Timings are medians of repeats after an untimed warm-up call, with ours
-and dense interleaved call by call so both see the same background load. Memory:
-- dense numpy: tracemalloc peak of one extra call (numpy reports its buffers to tracemalloc);
-- ours: torch buffers are invisible to tracemalloc, so we report the *analytic* footprint
-  (normalised float32 copies + one reused similarity chunk + maxima and norm vectors), and for
-  Hungarian also the tracemalloc peak of the numpy cost matrix it fills.
-The dense PWMCC baseline is skipped where its |C| and abs(C) temporaries would exceed
-DENSE_LIMIT_BYTES.
+One run, four parts:
+
+1. PWMCC, ours (``consistency.pwmcc``) vs dense numpy (normalise, ``abs(A @ B.T)``, two max
+   reductions) from 1,024 to 16,384 latents: median of interleaved calls (ours, dense, ours,
+   dense, ...: background load hits both alike) after a warm-up; also ``pwmcc_matrix`` over 8
+   seeds vs a pairwise dense loop.
+2. Hungarian, ours (``consistency.hungarian_match``, default settings: exact dense solve while
+   d_sae² <= assignment.DENSE_LIMIT = 8192², sparse top-16 candidate matching above) vs dense
+   numpy + scipy ``linear_sum_assignment`` on the full cost, on planted-overlap decoders.
+3. Gap of the sparse matching (forced with ``dense_limit=0``) to the dense optimum at 4,096 and
+   16,384 latents, on planted-overlap and on pure random Gaussian decoders.
+4. Ours alone at 32,768 / 65,536 / 131,072 latents (d_in 768): PWMCC and the sparse
+   Hungarian matching, each run once.
+
+Decoders: ``random`` = i.i.d. Gaussian rows (the hardest case for candidate sets: every
+cosine is small and close to the others); ``planted`` = B shares 60% of A's rows, each with
+Gaussian noise of 0.6x the row scale (matched cosine ~0.85), the other 40% of both are random,
+and B's rows are shuffled (the situation of two seeds that learned some common features).
+
+Memory is the peak resident set size of a fresh child process that builds the inputs, resets
+its peak (``/proc/self/clear_refs``) and makes one call: ``peak_rss_mib`` is the whole process
+(Python, torch, inputs included), ``extra_mib`` what the call added to the RSS before it (the
+algorithm's own footprint; torch's CPU allocations are invisible to tracemalloc, RSS is not).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
-import tracemalloc
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,18 +49,41 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
 import torch  # noqa: E402
-from scipy.optimize import linear_sum_assignment
+from scipy.optimize import linear_sum_assignment  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from husai_core.consistency import CHUNK_ELEMENTS, hungarian_match, pwmcc, pwmcc_matrix  # noqa: E402
+from husai_core import assignment  # noqa: E402
+from husai_core.consistency import hungarian_match, pwmcc, pwmcc_matrix  # noqa: E402
 from husai_core.io import write_json  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "consistency.json"
-DENSE_LIMIT_BYTES = 3 << 30  # the dense 16k x 16k case needs ~2.1 GiB; above 3 GiB we skip
-PWMCC_CASES = [(n, d) for d in (128, 512) for n in (1024, 4096, 16384)]
-HUNGARIAN_CASES = [(1024, 512), (4096, 512)]
-MATRIX_CASES = [(8, 1024, 128), (8, 4096, 128)]  # (seeds, d_sae, d_in) for pwmcc_matrix
 MiB = 1 << 20
+PWMCC_CASES = [(1024, 128), (4096, 128), (16384, 128), (1024, 512), (2048, 512), (4096, 512), (8192, 512),
+               (16384, 512)]
+MATRIX_CASES = [(8, 1024, 128), (8, 4096, 128)]  # (seeds, d_sae, d_in) for pwmcc_matrix
+HUNGARIAN_CASES = [(1024, 512), (4096, 512), (8192, 512), (16384, 768)]
+GAP_CASES = [(4096, 512), (16384, 768)]
+LARGE_D_IN = 768
+LARGE_PWMCC = [32768, 65536, 131072]
+LARGE_HUNGARIAN = [(32768, "planted"), (32768, "random"), (65536, "planted"), (65536, "random"), (131072, "planted")]
+QUICK = dict(pwmcc=[(1024, 128), (2048, 64)], matrix=[(3, 512, 64)], hungarian=[(512, 64), (2048, 64)],
+             gap=[(1024, 64)], large_pwmcc=[4096], large_hungarian=[(4096, "planted"), (4096, "random")], d_in=64)
+
+
+# --------------------------------------------------------------------------- inputs and references
+def decoders(n: int, d: int, seed: int, kind: str = "random") -> tuple[np.ndarray, np.ndarray]:
+    """A pair of float32 (n, d) decoders; see the module docstring for the kinds."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, d), dtype=np.float32)
+    if kind == "random":
+        return a, rng.standard_normal((n, d), dtype=np.float32)
+    if kind != "planted":
+        raise ValueError(kind)
+    k = int(0.6 * n)
+    b = rng.standard_normal((n, d), dtype=np.float32)
+    b[:k] *= np.float32(0.6)
+    b[:k] += a[:k]
+    return a, b[rng.permutation(n)]
 
 
 def dense_pwmcc(a: np.ndarray, b: np.ndarray) -> float:
@@ -69,18 +110,7 @@ def dense_matrix(decs: list[np.ndarray]) -> np.ndarray:
     return m
 
 
-def one_thread(fn):
-    """Run ``fn`` with torch limited to one thread (what a sweep worker gets from set_threads(1))."""
-    def run():
-        n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn()
-        finally:
-            torch.set_num_threads(n)
-    return run
-
-
+# --------------------------------------------------------------------------- measurement
 def timed(fns: dict, repeats: int, warmup: int = 1) -> dict[str, tuple[float, list[float], object]]:
     """Median time per named function; calls alternate so load changes hit every side."""
     for _ in range(warmup):
@@ -96,23 +126,60 @@ def timed(fns: dict, repeats: int, warmup: int = 1) -> dict[str, tuple[float, li
     return {k: (statistics.median(times[k]), times[k], values[k]) for k in fns}
 
 
-def traced_peak(fn) -> int:
-    tracemalloc.start()
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    """Reset the peak RSS (VmHWM) to the current RSS (Linux >= 4.0: clear_refs 5)."""
     try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
-def pair(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((n, d), dtype=np.float32), rng.standard_normal((n, d), dtype=np.float32)
+def child_main(spec: dict) -> None:
+    """One call in a fresh process: prints a JSON line with time, value and memory."""
+    a, b = decoders(spec["n"], spec["d"], spec["seed"], spec["kind"])
+    what, impl = spec["what"], spec["impl"]
+    if what == "pwmcc":
+        fn = (lambda: pwmcc(a, b)) if impl == "ours" else (lambda: dense_pwmcc(a, b))
+    elif what == "hungarian":
+        if impl == "ours":
+            kw = {"dense_limit": spec["dense_limit"]} if spec.get("dense_limit") is not None else {}
+            fn = lambda: hungarian_match(a, b, progress=spec.get("progress", False), **kw)  # noqa: E731
+        else:
+            fn = lambda: dense_hungarian(a, b)  # noqa: E731
+    else:
+        raise ValueError(what)
+    # warm-up on 64 rows: lazy library initialisation (BLAS buffers, torch kernels) is not the call's footprint
+    (pwmcc if what == "pwmcc" else hungarian_match)(a[:64], b[:64])
+    reset = _reset_peak()
+    base = _status_mib("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    res = fn()
+    seconds = time.perf_counter() - t0
+    peak = _status_mib("VmHWM")
+    out = {"seconds": seconds, "peak_rss_mib": peak, "extra_mib": peak - base, "rss_before_mib": base,
+           "inputs_mib": (a.nbytes + b.nbytes) / MiB, "peak_reset": reset}
+    if isinstance(res, float):
+        out["value"] = res
+    else:
+        out.update(value=res.mean_similarity, method=res.method, top_m=res.top_m)
+    print("RESULT " + json.dumps(out), flush=True)
 
 
-def ours_pwmcc_bytes(n_a: int, n_b: int, d: int) -> int:
-    chunk = max(1, min(n_a, CHUNK_ELEMENTS // n_b))
-    return 4 * ((n_a + n_b) * d + chunk * n_b + 2 * (n_a + n_b))  # unit rows, chunk, maxima + norms
+def in_child(**spec) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"child {spec} failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
 
 
 def machine() -> dict:
@@ -133,108 +200,193 @@ def machine() -> dict:
         "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "ram_gib": round(mem / (1 << 30), 1) if mem else None, "platform": platform.platform(),
         "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-        "torch": torch.__version__, "cuda": torch.cuda.is_available(),
+        "torch": torch.__version__, "cuda": torch.cuda.is_available(), "nice": os.nice(0),
         "loadavg_start": list(os.getloadavg()),
     }
 
 
-def main() -> None:
-    t_start = time.perf_counter()
-    info = machine()
-    print(f"machine: {info['cpu']} ({info['cores']} cores, torch {info['torch_threads']} threads)", flush=True)
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- parts
+def part_pwmcc(cases) -> list[dict]:
     rows = []
-    for n, d in PWMCC_CASES:
-        a, b = pair(n, d, seed=n + d)
-        big = n >= 16384
-        reps, warm = (3, 0) if big else (5 if n <= 1024 else 3, 1)  # earlier cases warm the libraries up
-        dense_bytes = 2 * 4 * n * n + 2 * 4 * n * d  # C and abs(C) float32, plus normalised copies
-        fns = {"ours": lambda: pwmcc(a, b), "ours_1t": one_thread(lambda: pwmcc(a, b))}
-        if dense_bytes <= DENSE_LIMIT_BYTES:
-            fns["dense"] = lambda: dense_pwmcc(a, b)
-        res = timed(fns, reps, warm)
-        t_ours, ours_times, v_ours = res["ours"]
-        row = {"d_sae": n, "d_in": d, "repeats": reps, "warmup": warm, "ours_s": t_ours, "ours_times_s": ours_times,
-               "ours_1thread_s": res["ours_1t"][0], "ours_1thread_times_s": res["ours_1t"][1],
-               "ours_value": v_ours, "ours_peak_mib_analytic": ours_pwmcc_bytes(n, n, d) / MiB}
-        if "dense" not in res:
-            row["dense_skipped"] = f"needs ~{dense_bytes / MiB:.0f} MiB > limit {DENSE_LIMIT_BYTES / MiB:.0f} MiB"
-        else:
-            t_dense, dense_times, v_dense = res["dense"]
-            row.update(dense_s=t_dense, dense_times_s=dense_times, dense_value=v_dense,
-                       dense_peak_mib_tracemalloc=traced_peak(lambda: dense_pwmcc(a, b)) / MiB,
-                       speedup=t_dense / t_ours, speedup_1thread=t_dense / res["ours_1t"][0],
-                       abs_diff=abs(v_dense - v_ours))
+    for n, d in cases:
+        a, b = decoders(n, d, seed=n + d)
+        reps = 21 if n <= 1024 else 11 if n <= 2048 else 7 if n <= 4096 else 5 if n <= 8192 else 3
+        res = timed({"ours": lambda: pwmcc(a, b), "dense": lambda: dense_pwmcc(a, b)}, reps, warmup=1)
+        (t_ours, ours_times, v_ours), (t_dense, dense_times, v_dense) = res["ours"], res["dense"]
+        mem_ours = in_child(what="pwmcc", impl="ours", n=n, d=d, seed=n + d, kind="random")
+        mem_dense = in_child(what="pwmcc", impl="dense", n=n, d=d, seed=n + d, kind="random")
+        row = {"d_sae": n, "d_in": d, "repeats": reps, "warmup": 1, "ours_s": t_ours, "dense_s": t_dense,
+               "speedup": t_dense / t_ours, "ours_times_s": ours_times, "dense_times_s": dense_times,
+               "ours_value": v_ours, "dense_value": v_dense, "abs_diff": abs(v_ours - v_dense),
+               "ours_extra_mib": mem_ours["extra_mib"], "dense_extra_mib": mem_dense["extra_mib"],
+               "ours_peak_rss_mib": mem_ours["peak_rss_mib"], "dense_peak_rss_mib": mem_dense["peak_rss_mib"],
+               "memory_ratio": mem_dense["extra_mib"] / max(mem_ours["extra_mib"], 1e-9)}
         rows.append(row)
-        print(f"pwmcc d_sae={n:5d} d_in={d}: ours {t_ours:.3f}s (1 thread {row['ours_1thread_s']:.3f}s,"
-              f" {row['ours_peak_mib_analytic']:.0f} MiB analytic)"
-              + (f", dense {row['dense_s']:.3f}s ({row['dense_peak_mib_tracemalloc']:.0f} MiB), x{row['speedup']:.2f}"
-                 if "dense_s" in row else f", dense skipped: {row['dense_skipped']}"), flush=True)
+        log(f"pwmcc d_sae={n:6d} d_in={d}: ours {t_ours:.4f}s, dense {t_dense:.4f}s -> x{row['speedup']:.2f};"
+            f" extra memory ours {row['ours_extra_mib']:.0f} MiB, dense {row['dense_extra_mib']:.0f} MiB;"
+            f" |diff| {row['abs_diff']:.1e}")
+    return rows
 
-    hrows = []
-    for n, d in HUNGARIAN_CASES:
-        a, b = pair(n, d, seed=7 * n + d)
-        reps = 5 if n <= 1024 else 3
-        out = timed({"ours": lambda: hungarian_match(a, b), "dense": lambda: dense_hungarian(a, b)}, reps)
-        (t_ours, ours_times, res), (t_dense, dense_times, v_dense) = out["ours"], out["dense"]
-        ours_peak = traced_peak(lambda: hungarian_match(a, b))
-        chunk = max(1, min(n, CHUNK_ELEMENTS // n))
-        row = {"d_sae": n, "d_in": d, "repeats": reps, "warmup": 1, "ours_s": t_ours, "ours_times_s": ours_times,
-               "dense_s": t_dense, "dense_times_s": dense_times, "speedup": t_dense / t_ours,
-               "ours_mean_similarity": res.mean_similarity, "dense_mean_similarity": v_dense,
-               "abs_diff": abs(res.mean_similarity - v_dense),
-               "ours_peak_mib_tracemalloc_numpy": ours_peak / MiB,
-               "ours_torch_mib_analytic": 4 * (2 * n * d + chunk * n) / MiB,
-               "dense_peak_mib_tracemalloc": traced_peak(lambda: dense_hungarian(a, b)) / MiB}
-        hrows.append(row)
-        print(f"hungarian d_sae={n}: ours {t_ours:.3f}s ({row['ours_peak_mib_tracemalloc_numpy']:.0f} MiB numpy"
-              f" + {row['ours_torch_mib_analytic']:.0f} MiB torch), dense {t_dense:.3f}s"
-              f" ({row['dense_peak_mib_tracemalloc']:.0f} MiB), x{row['speedup']:.2f}", flush=True)
 
-    mrows = []
-    for n_seeds, n, d in MATRIX_CASES:
+def part_matrix(cases) -> list[dict]:
+    rows = []
+    for n_seeds, n, d in cases:
         rng = np.random.default_rng(n_seeds * n + d)
         decs = [rng.standard_normal((n, d), dtype=np.float32) for _ in range(n_seeds)]
-        out = timed({"ours": lambda: pwmcc_matrix(decs), "ours_1t": one_thread(lambda: pwmcc_matrix(decs)),
-                     "dense": lambda: dense_matrix(decs)}, 3)
+        out = timed({"ours": lambda: pwmcc_matrix(decs), "dense": lambda: dense_matrix(decs)}, 3)
         (t_ours, ours_times, m_ours), (t_dense, dense_times, m_dense) = out["ours"], out["dense"]
         row = {"n_seeds": n_seeds, "d_sae": n, "d_in": d, "repeats": 3, "warmup": 1, "ours_s": t_ours,
-               "ours_times_s": ours_times, "dense_s": t_dense, "dense_times_s": dense_times,
-               "ours_1thread_s": out["ours_1t"][0], "speedup": t_dense / t_ours,
-               "speedup_1thread": t_dense / out["ours_1t"][0], "max_abs_diff": float(np.abs(m_ours - m_dense).max())}
-        mrows.append(row)
-        print(f"pwmcc_matrix {n_seeds} seeds d_sae={n} d_in={d}: ours {t_ours:.3f}s (1 thread {row['ours_1thread_s']:.3f}s),"
-              f" dense pair loop {t_dense:.3f}s, x{row['speedup']:.2f} (1 thread x{row['speedup_1thread']:.2f})", flush=True)
+               "dense_s": t_dense, "speedup": t_dense / t_ours, "ours_times_s": ours_times,
+               "dense_times_s": dense_times, "max_abs_diff": float(np.abs(m_ours - m_dense).max())}
+        rows.append(row)
+        log(f"pwmcc_matrix {n_seeds} seeds d_sae={n} d_in={d}: ours {t_ours:.3f}s, dense pair loop"
+            f" {t_dense:.3f}s -> x{row['speedup']:.2f}")
+    return rows
 
+
+def part_hungarian(cases) -> list[dict]:
+    rows = []
+    for n, d in cases:
+        seed = 7 * n + d
+        a, b = decoders(n, d, seed, "planted")
+        reps = 5 if n <= 1024 else 3 if n <= 4096 else 1
+        out = timed({"ours": lambda: hungarian_match(a, b), "dense": lambda: dense_hungarian(a, b)}, reps,
+                    warmup=1 if n <= 4096 else 0)
+        (t_ours, ours_times, res), (t_dense, dense_times, v_dense) = out["ours"], out["dense"]
+        mem_ours = in_child(what="hungarian", impl="ours", n=n, d=d, seed=seed, kind="planted")
+        mem_dense = in_child(what="hungarian", impl="dense", n=n, d=d, seed=seed, kind="planted")
+        row = {"d_sae": n, "d_in": d, "decoders": "planted", "repeats": reps, "ours_method": res.method,
+               "ours_top_m": res.top_m, "ours_s": t_ours, "dense_s": t_dense, "speedup": t_dense / t_ours,
+               "ours_times_s": ours_times, "dense_times_s": dense_times,
+               "ours_mean_similarity": res.mean_similarity, "dense_mean_similarity": v_dense,
+               "gap_dense_minus_ours": v_dense - res.mean_similarity,
+               "ours_extra_mib": mem_ours["extra_mib"], "dense_extra_mib": mem_dense["extra_mib"],
+               "ours_peak_rss_mib": mem_ours["peak_rss_mib"], "dense_peak_rss_mib": mem_dense["peak_rss_mib"],
+               "memory_ratio": mem_dense["extra_mib"] / max(mem_ours["extra_mib"], 1e-9)}
+        rows.append(row)
+        log(f"hungarian d_sae={n:6d} d_in={d} ({res.method}): ours {t_ours:.2f}s, dense {t_dense:.2f}s ->"
+            f" x{row['speedup']:.2f}; extra memory ours {row['ours_extra_mib']:.0f} MiB, dense"
+            f" {row['dense_extra_mib']:.0f} MiB; mean |cos| ours {res.mean_similarity:.5f} dense {v_dense:.5f}")
+    return rows
+
+
+def part_gap(cases, hungarian_rows) -> list[dict]:
+    """Sparse (forced) vs the dense optimum; reuses part 2's dense runs where they match."""
+    rows = []
+    for n, d in cases:
+        for kind in ("planted", "random"):
+            seed = 7 * n + d
+            a, b = decoders(n, d, seed, kind)
+            prior = [r for r in hungarian_rows if (r["d_sae"], r["d_in"], r["decoders"]) == (n, d, kind)]
+            if prior:
+                v_dense, t_dense = prior[0]["dense_mean_similarity"], prior[0]["dense_s"]
+            else:
+                t0 = time.perf_counter()
+                v_dense = dense_hungarian(a, b)
+                t_dense = time.perf_counter() - t0
+            for top_m in (assignment.TOP_M, 2 * assignment.TOP_M):
+                t0 = time.perf_counter()
+                res = hungarian_match(a, b, dense_limit=0, top_m=top_m)
+                t_sparse = time.perf_counter() - t0
+                row = {"d_sae": n, "d_in": d, "decoders": kind, "top_m": top_m, "top_m_used": res.top_m,
+                       "dense_mean_similarity": v_dense, "sparse_mean_similarity": res.mean_similarity,
+                       "gap": v_dense - res.mean_similarity, "dense_s": t_dense, "sparse_s": t_sparse}
+                rows.append(row)
+                log(f"gap d_sae={n} d_in={d} {kind} top_m={top_m}: dense {v_dense:.6f}, sparse"
+                    f" {res.mean_similarity:.6f}, gap {row['gap']:.2e} (dense {t_dense:.1f}s, sparse {t_sparse:.1f}s)")
+    return rows
+
+
+def part_large(pwmcc_sizes, hungarian_cases, d: int) -> dict:
+    out = {"d_in": d, "pwmcc": [], "hungarian": []}
+    for n in pwmcc_sizes:
+        r = in_child(what="pwmcc", impl="ours", n=n, d=d, seed=n + d, kind="random")
+        out["pwmcc"].append({"d_sae": n, "d_in": d, "decoders": "random", **r})
+        log(f"large pwmcc d_sae={n} d_in={d}: {r['seconds']:.1f}s, peak RSS {r['peak_rss_mib'] / 1024:.2f} GiB"
+            f" (extra {r['extra_mib']:.0f} MiB), value {r['value']:.5f}")
+    for n, kind in hungarian_cases:
+        r = in_child(what="hungarian", impl="ours", n=n, d=d, seed=7 * n + d, kind=kind)
+        out["hungarian"].append({"d_sae": n, "d_in": d, "decoders": kind, **r})
+        log(f"large hungarian d_sae={n} d_in={d} {kind} ({r['method']}, top_m {r['top_m']}): {r['seconds']:.1f}s,"
+            f" peak RSS {r['peak_rss_mib'] / 1024:.2f} GiB (extra {r['extra_mib']:.0f} MiB), mean |cos| {r['value']:.5f}")
+    return out
+
+
+def targets(res: dict) -> dict:
+    t = {}
+    t["pwmcc_min_speedup_where_dense_fits"] = min(r["speedup"] for r in res["pwmcc"])
+    t["pwmcc_ge_1x_everywhere"] = all(r["speedup"] >= 1.0 for r in res["pwmcc"])
+    t["hungarian_min_speedup_where_dense_fits"] = min(r["speedup"] for r in res["hungarian"])
+    t["hungarian_ge_1x_everywhere"] = all(r["speedup"] >= 1.0 for r in res["hungarian"])
+    big = [r for r in res["large"]["hungarian"] if r["d_sae"] == 65536]
+    if big:
+        t["hungarian_65536_seconds"] = {r["decoders"]: r["seconds"] for r in big}
+        t["hungarian_65536_peak_rss_gib"] = {r["decoders"]: r["peak_rss_mib"] / 1024 for r in big}
+        t["hungarian_65536_le_10min_and_lt_8gb"] = all(r["seconds"] <= 600 and r["peak_rss_mib"] < 8 * 1024 for r in big)
+    gap16 = [r for r in res["sparse_gap"] if r["d_sae"] == 16384 and r["top_m"] == assignment.TOP_M]
+    if gap16:
+        t["gap_16384_default_top_m"] = {r["decoders"]: r["gap"] for r in gap16}
+        t["gap_16384_within_0.005"] = all(abs(r["gap"]) <= 0.005 for r in gap16)
+    return t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the script (does not write the JSON)")
+    args = ap.parse_args()
+    if args.child:
+        child_main(json.loads(args.child))
+        return
+    q = QUICK if args.quick else None
+    t_start = time.perf_counter()
+    info = machine()
+    log(f"machine: {info['cpu']} ({info['cores']} cores), nice {info['nice']}")
+    res = {"pwmcc": part_pwmcc(q["pwmcc"] if q else PWMCC_CASES)}
+    res["pwmcc_matrix"] = part_matrix(q["matrix"] if q else MATRIX_CASES)
+    res["hungarian"] = part_hungarian(q["hungarian"] if q else HUNGARIAN_CASES)
+    res["sparse_gap"] = part_gap(q["gap"] if q else GAP_CASES, res["hungarian"])
+    res["large"] = part_large(q["large_pwmcc"] if q else LARGE_PWMCC, q["large_hungarian"] if q else LARGE_HUNGARIAN,
+                              q["d_in"] if q else LARGE_D_IN)
     info["loadavg_end"] = list(os.getloadavg())
     info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "runtime default")
-    write_json(OUT, {
+    doc = {
         "benchmark": "consistency",
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": info,
+        "settings": {"dense_limit": assignment.DENSE_LIMIT, "top_m": assignment.TOP_M,
+                     "chunk_bytes": assignment.CHUNK_BYTES, "tile": assignment.TILE},
         "notes": [
-            "inputs: float32 Gaussian decoders (d_sae, d_in), identical for both implementations",
-            "times: median of `repeats` calls after `warmup` untimed calls (d_sae 16384: no extra warm-up,"
-            " the smaller cases already loaded and warmed the BLAS); ours and dense calls interleaved",
-            "ours = husai_core.consistency (torch float32, row-chunked, CPU); dense = numpy normalise +"
-            " full abs(A @ B.T) (+ scipy linear_sum_assignment on the full cost for Hungarian)",
-            "ours_peak_mib_analytic: computed footprint (torch allocations are invisible to tracemalloc);"
-            " dense_peak_mib_tracemalloc / ours_peak_mib_tracemalloc_numpy: measured tracemalloc peak",
-            "Hungarian time is dominated by scipy's solver, which both sides share; ours saves the float32"
-            " temporaries and the float64 conversion of the cost matrix",
-            "pwmcc_matrix: ours multiplies one dictionary against a group of others per pass; dense ="
-            " dense_pwmcc over every pair (normalising each dictionary n-1 times, as a naive loop does)",
-            "the machine may be shared with other jobs (see loadavg_start / loadavg_end): under external load"
-            " every multi-threaded torch op waits for a descheduled OpenMP thread, which penalises ours"
-            " (many ops) far more than dense numpy (one BLAS call, single-threaded elementwise ops) at small sizes;"
-            " ours_1thread_s / speedup_1thread rerun ours with torch.set_num_threads(1) (dense keeps numpy's default"
-            " BLAS threads) to show that effect",
+            "ours = husai_core (consistency.pwmcc / pwmcc_matrix / hungarian_match, routed through"
+            " husai_core.assignment); dense = numpy normalise + full A @ B.T (+ scipy linear_sum_assignment"
+            " on the full float64 cost for Hungarian); same float32 inputs for both",
+            "times: median of interleaved calls after a warm-up (sizes >= 8192 for Hungarian: one call each,"
+            " no warm-up); large sizes: one call in a fresh child process",
+            "memory: a fresh child builds the inputs, resets its peak RSS (/proc/self/clear_refs 5) and makes one"
+            " call; peak_rss_mib = VmHWM of the whole process during the call (Python, torch and the inputs"
+            " included), extra_mib = peak_rss_mib - RSS just before the call (the call's own footprint)",
+            "decoders: random = iid Gaussian rows; planted = 60% of B are A's rows + 0.6x Gaussian noise"
+            " (matched cos ~0.85), 40% random, B shuffled",
+            "Hungarian: ours solves exactly (dense) while d_sae^2 <= dense_limit, sparse top-m candidate"
+            " matching above (ours_method); sparse_gap forces the sparse path (dense_limit=0) and compares"
+            " with the dense optimum (gap = dense - sparse mean matched |cos|, >= 0)",
+            "the machine is shared (2 cores; see loadavg_start/end) and this ran under nice 19: absolute times"
+            " are inflated and noisy, ratios come from interleaved calls",
         ],
-        "pwmcc": rows,
-        "hungarian": hrows,
-        "pwmcc_matrix": mrows,
+        **res,
         "total_runtime_s": time.perf_counter() - t_start,
-    })
-    print(f"wrote {OUT} in {time.perf_counter() - t_start:.0f}s")
+    }
+    doc["targets"] = targets(doc)
+    log(f"targets: {json.dumps(doc['targets'])}")
+    if args.quick:
+        log("quick run: JSON not written")
+        return
+    write_json(OUT, doc)
+    log(f"wrote {OUT} in {time.perf_counter() - t_start:.0f}s")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ frequently firing held-out latents, N = the smallest live count over all variant
 
     .venv/bin/python benchmarks/trainer_agreement.py                # every variant, 3 seeds
     .venv/bin/python benchmarks/trainer_agreement.py --variants husai,sae_lens --seeds 4
+    .venv/bin/python benchmarks/trainer_agreement.py --data gaussian_matched   # the same on the null's rows
 
 Writes benchmarks/results/trainer_agreement.json. Needs `make run` (or phases 01-02 full) first.
 """
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from husai_core.activations import load_cache  # noqa: E402
 from husai_core.comparison import top_firing  # noqa: E402
-from husai_core.conditions import heldout_split  # noqa: E402
+from husai_core.conditions import condition_data, heldout_split  # noqa: E402
 from husai_core.matching import family_matrices, view_of  # noqa: E402
 from husai_core.metrics import evaluate_sae  # noqa: E402
 from husai_core.runner import runs_dir  # noqa: E402
@@ -102,14 +103,17 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--cache", default=str(runs_dir() / "artifacts" / "full" / "activations" / "default"))
     ap.add_argument("--hook", default="blocks.0.hook_resid_post")
+    ap.add_argument("--data", default="trained", choices=["trained", "gaussian_matched"],
+                    help="train on the activations, or on the gaussian_matched null's rows (same split)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "trainer_agreement.json"))
     ap.add_argument("--cache-dir", default=str(runs_dir() / "bench" / "trainer_agreement"),
                     help="trained SAEs are kept here and reused by later runs")
     args = ap.parse_args()
     torch.set_num_threads(2)
     x = load_cache(args.cache).get(args.hook)
-    train_idx, held_idx = heldout_split(x.shape[0], 0.2, 0)
-    xt, xh = x[train_idx], x[held_idx]
+    split = heldout_split(x.shape[0], 0.2, 0)
+    data = condition_data(args.data, x, split, data_seed=1)  # the real rows, or a null's rows split the same way
+    xt, xh = data.train, data.heldout
     cfg = SAEConfig(d_in=x.shape[1], d_sae=args.d_sae, k=args.k, steps=args.steps, batch_size=1024, lr=args.lr)
     seeds = [42, 123, 456, 789, 1011, 2022][: args.seeds]
     names = [v for v in args.variants.split(",") if v]
@@ -141,6 +145,7 @@ def main() -> int:
                           f"{o[f'top{n_live}_pw_mcc/all']:.4f}", f"{o['seconds']:.0f}"]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"config": cfg.to_dict(), "seeds": seeds, "n_live_compared": n_live,
+                                          "data": args.data,
                                           "torch": torch.__version__, "variants": out}, indent=2))
     return 0
 

@@ -46,6 +46,11 @@ DENSE_LIMIT = 8192 * 8192
 TOP_M = 16
 # Bytes of one similarity chunk on the sparse path.
 CHUNK_BYTES = 64 << 20
+# Elements of one float32 similarity chunk of the PWMCC passes (32 MiB): few, large BLAS calls
+# (each call of a multi-threaded BLAS waits for its threads, which is slow on a loaded machine),
+# and a buffer within glibc's dynamic mmap threshold (32 MiB), so repeated calls reuse heap
+# pages instead of faulting in fresh ones.
+TILE = 1 << 23
 _GROUP = 32  # group width of the two-stage exact top-m along rows
 SIMILARITIES = ("cos", "abs_cos")
 
@@ -86,6 +91,82 @@ def mm_into(a: torch.Tensor, bt: torch.Tensor, out: torch.Tensor) -> torch.Tenso
         np.matmul(a.numpy(), bt.numpy(), out=out.numpy())
         return out
     return torch.mm(a, bt, out=out)
+
+
+def _block_shape(n_a: int, n_b: int, rows: int | None, cols: int | None) -> tuple[int, int]:
+    cols = min(cols or n_b, n_b)
+    return min(rows or max(1, TILE // cols), n_a), cols
+
+
+def maxima_cpu(a: np.ndarray, b: np.ndarray, signed: bool = False, rows: int | None = None,
+               cols: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column maxima of ``|a @ b.T|`` (``signed``: of ``a @ b.T``) for float32 numpy
+    rows, one ``rows x cols`` block at a time (default: all columns and ``TILE // n_b`` rows,
+    i.e. 32 MiB): each block is one BLAS product into a reused buffer, then reduced in place
+    (no ``abs`` copy) by single-threaded numpy reductions."""
+    n_a, n_b = a.shape[0], b.shape[0]
+    rows, cols = _block_shape(n_a, n_b, rows, cols)
+    init = -np.inf if signed else 0.0  # |cos| >= 0; signed maxima must start below -1
+    row_max = np.full(n_a, init, dtype=np.float32)
+    col_max = np.full(n_b, init, dtype=np.float32)
+    buf = np.empty((rows, cols), dtype=np.float32)
+    bt = b.T
+    for i0 in range(0, n_a, rows):
+        i1 = min(i0 + rows, n_a)
+        r = row_max[i0:i1]
+        for j0 in range(0, n_b, cols):
+            j1 = min(j0 + cols, n_b)
+            c = np.matmul(a[i0:i1], bt[:, j0:j1], out=buf[: i1 - i0, : j1 - j0])
+            if not signed:
+                np.abs(c, out=c)
+            np.maximum(r, c.max(axis=1), out=r)
+            q = col_max[j0:j1]
+            np.maximum(q, c.max(axis=0), out=q)
+    return row_max, col_max
+
+
+def extrema(a: torch.Tensor, b: torch.Tensor, rows: int | None = None,
+            cols: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row max, row min, column max and column min of ``a @ b.T`` (float32 tensors on one
+    device) in one tiled pass: the signed and the absolute PWMCC both follow
+    (``max|c| = max(max c, -min c)``) without holding an ``n_a x n_b`` matrix."""
+    n_a, n_b = a.shape[0], b.shape[0]
+    rows, cols = _block_shape(n_a, n_b, rows, cols)
+    dev = a.device
+    r_max = torch.full((n_a,), -math.inf, device=dev)
+    r_min = torch.full((n_a,), math.inf, device=dev)
+    c_max = torch.full((n_b,), -math.inf, device=dev)
+    c_min = torch.full((n_b,), math.inf, device=dev)
+    cpu = dev.type == "cpu"
+    buf = torch.empty(rows, cols, device=dev)
+    bt = b.T
+    for i0 in range(0, n_a, rows):
+        i1 = min(i0 + rows, n_a)
+        for j0 in range(0, n_b, cols):
+            j1 = min(j0 + cols, n_b)
+            c = buf[: i1 - i0, : j1 - j0]
+            if cpu:  # numpy BLAS and single-threaded numpy reductions on the cache-resident tile
+                x = np.matmul(a[i0:i1].numpy(), bt[:, j0:j1].numpy(), out=c.numpy())
+                for out, red, axis in ((r_max[i0:i1], np.maximum, 1), (r_min[i0:i1], np.minimum, 1),
+                                       (c_max[j0:j1], np.maximum, 0), (c_min[j0:j1], np.minimum, 0)):
+                    o = out.numpy()
+                    red(o, red.reduce(x, axis=axis), out=o)
+            else:
+                torch.mm(a[i0:i1], bt[:, j0:j1], out=c)
+                lo, hi = torch.aminmax(c, dim=1)
+                torch.maximum(r_max[i0:i1], hi, out=r_max[i0:i1])
+                torch.minimum(r_min[i0:i1], lo, out=r_min[i0:i1])
+                lo, hi = torch.aminmax(c, dim=0)
+                torch.maximum(c_max[j0:j1], hi, out=c_max[j0:j1])
+                torch.minimum(c_min[j0:j1], lo, out=c_min[j0:j1])
+    return r_max, r_min, c_max, c_min
+
+
+def pwmcc_from_extrema(r_max, r_min, c_max, c_min, signed: bool) -> float:
+    """PWMCC (``signed``: signed PWMCC) from ``extrema``; float64 means."""
+    if not signed:
+        r_max, c_max = torch.maximum(r_max, -r_min), torch.maximum(c_max, -c_min)
+    return 0.5 * (r_max.double().mean().item() + c_max.double().mean().item())
 
 
 def _tqdm(total: int, progress: bool, desc: str):
@@ -258,12 +339,18 @@ def match_units(a: torch.Tensor, b: torch.Tensor, similarity: str = "cos", *, de
 
         rows, cols, _, m, n_edges = _solve_sparse(n_a, n_b, candidates, int(top_m), offset=3.0)
         method = "sparse"
-    # matched similarities in float64 from the pairs: exact up to the unit rows, O(n d_in)
+    sims = pair_dots(a, b, rows, cols)
+    return Matching(rows, cols, np.abs(sims) if abs_ else sims, method, m, n_edges)
+
+
+def pair_dots(a: torch.Tensor, b: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Float64 dot products ``a[rows[k]] . b[cols[k]]``: the matched similarities recomputed
+    from the (unit) rows, exact up to their float32 rounding, O(n d)."""
+    if a.device.type == "cpu":
+        return np.einsum("ij,ij->i", a.numpy()[rows].astype(np.float64), b.numpy()[cols].astype(np.float64))
     ra = a[torch.from_numpy(rows).to(a.device)].double()
     rb = b[torch.from_numpy(cols).to(b.device)].double()
-    sims = (ra * rb).sum(dim=1)
-    sims = (sims.abs() if abs_ else sims).cpu().numpy()
-    return Matching(rows, cols, sims, method, m, n_edges)
+    return (ra * rb).sum(dim=1).cpu().numpy()
 
 
 def match(a_rows, b_rows, similarity: str = "cos", *, dense_limit: float = DENSE_LIMIT, top_m: int = TOP_M,

@@ -9,9 +9,13 @@ so a decoder direction's sign means something); one-to-one matchings on signed c
 Rows of zero norm (e.g. never-trained features) are kept and have similarity 0 with
 everything, so they can never count as a match.
 
-Heavy lifting is a float32 matmul in torch, done in row chunks on the decoders' device so
-that a ``d_sae x d_sae`` similarity matrix is never held at once (16k x 16k floats is 1 GiB);
-the chunked maxima are exact, only the float32 rounding (~1e-7) differs from float64.
+Heavy lifting is a float32 matmul, done in row chunks on the decoders' device so that a
+``d_sae x d_sae`` similarity matrix is never held at once (16k x 16k floats is 1 GiB); the
+chunked maxima are exact, only the float32 rounding (~1e-7) differs from float64. On CPU the
+PWMCC passes and row normalisation run through numpy (OpenBLAS products into a reused 32 MiB
+block, single-threaded in-place reductions; ``assignment.maxima_cpu``), elsewhere torch.
+``hungarian_match`` solves through ``husai_core.assignment`` (dense up to 8192², sparse
+top-m candidate matching above).
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
+from . import assignment as _assignment
+from .assignment import maxima_cpu, mm_into
 from .errors import HusaiError
 
 Decoder = torch.Tensor | np.ndarray
@@ -77,6 +82,16 @@ def _normalise(t: torch.Tensor) -> torch.Tensor:
 def _unit_rows(t: torch.Tensor, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
     """Row-normalise, validating finiteness through the row norms: a NaN/inf entry makes its
     row norm non-finite, and checking d_sae norms is far cheaper than a full isfinite pass."""
+    if t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad:
+        # numpy on CPU: single-threaded elementwise work that never waits on a descheduled
+        # OpenMP thread (a shared machine makes every small multi-threaded torch op stall)
+        x = t.numpy()
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+        if not np.isfinite(norms).all():
+            raise HusaiError(f"{name} contains NaN or inf (or values too large for float32)")
+        res = torch.empty_like(t) if out is None else out
+        np.divide(x, np.maximum(norms, np.float32(1e-12)), out=res.numpy())
+        return res
     norms = t.norm(dim=1, keepdim=True)
     if not bool(torch.isfinite(norms).all()):
         raise HusaiError(f"{name} contains NaN or inf (or values too large for float32)")
@@ -148,6 +163,10 @@ def _block_maxima(a: torch.Tensor, bs: torch.Tensor, chunk_size: int | None,
     m, n_b, _ = bs.shape
     n_a = a.shape[0]
     chunk = _check_chunk(chunk_size, m * n_b, n_a)
+    if a.device.type == "cpu":  # cache-sized tiles, BLAS product, numpy reductions: same values
+        pairs = [maxima_cpu(a.numpy(), b.numpy(), signed, rows=chunk_size and chunk) for b in bs]
+        return (torch.from_numpy(np.stack([p[0] for p in pairs], axis=1)),
+                torch.from_numpy(np.stack([p[1] for p in pairs])))
     row_max = torch.empty(n_a, m, device=a.device)
     if signed:  # signed cos can be negative: running maxima must start below -1
         col_max = torch.full((m, n_b), -math.inf, device=a.device)
@@ -157,7 +176,7 @@ def _block_maxima(a: torch.Tensor, bs: torch.Tensor, chunk_size: int | None,
     buf = torch.empty(min(chunk, n_a), m * n_b, device=a.device)  # reused: fresh buffers cost page faults
     for start in range(0, n_a, chunk):
         stop = min(start + chunk, n_a)
-        sim = torch.mm(a[start:stop], flat_t, out=buf[: stop - start])
+        sim = mm_into(a[start:stop], flat_t, buf[: stop - start])
         if not signed:
             sim = sim.abs_()  # in place: no 2nd buffer
         sim = sim.view(stop - start, m, n_b)
@@ -185,7 +204,7 @@ def _pair_maxima(a: torch.Tensor, b: torch.Tensor, chunk_size: int | None, with_
     buf = torch.empty(min(chunk, n_a), n_b, device=a.device)  # reused: a fresh 32 MiB per chunk costs page faults
     for start in range(0, n_a, chunk):
         stop = min(start + chunk, n_a)
-        sim = torch.mm(a[start:stop], bt, out=buf[: stop - start])
+        sim = mm_into(a[start:stop], bt, buf[: stop - start])
         if not signed:
             sim = sim.abs_()  # in place: no second buffer
         row_max[start:stop], row_arg[start:stop] = sim.max(dim=1)
@@ -331,20 +350,8 @@ class MatchResult:
     mean_similarity: float
     fraction_above: dict[float, float]
     n_matched: int
-
-
-def _cost_matrix(a: torch.Tensor, b: torch.Tensor, chunk_size: int | None) -> np.ndarray:
-    """Dense float64 cost 1 - |cos| filled chunk by chunk (scipy needs float64 anyway)."""
-    n_a, n_b = a.shape[0], b.shape[0]
-    chunk = _check_chunk(chunk_size, n_b, n_a)
-    cost = np.empty((n_a, n_b), dtype=np.float64)
-    bt = b.T
-    buf = torch.empty(min(chunk, n_a), n_b, device=a.device)
-    for start in range(0, n_a, chunk):
-        stop = min(start + chunk, n_a)
-        sim = torch.mm(a[start:stop], bt, out=buf[: stop - start]).abs_().cpu().numpy()
-        np.subtract(1.0, sim, out=cost[start:stop])  # casts to float64 while writing, no temporary
-    return cost
+    method: str = "dense"  # "dense" (exact) or "sparse" (top-m candidates; see husai_core.assignment)
+    top_m: int | None = None  # candidates per row of the sparse matching
 
 
 def _check_thresholds(thresholds) -> tuple[float, ...]:
@@ -355,16 +362,25 @@ def _check_thresholds(thresholds) -> tuple[float, ...]:
 
 
 def hungarian_match(dec_a: Decoder, dec_b: Decoder, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-                    chunk_size: int | None = None, device: str | torch.device | None = None) -> MatchResult:
-    """Optimal one-to-one matching on cost ``1 - |cos|`` (rectangular dictionaries allowed)."""
+                    chunk_size: int | None = None, device: str | torch.device | None = None, *,
+                    dense_limit: float | None = None, top_m: int | None = None,
+                    progress: bool = False) -> MatchResult:
+    """Optimal one-to-one matching on cost ``1 - |cos|`` (rectangular dictionaries allowed).
+
+    Solved by ``husai_core.assignment.match``: exactly (dense ``linear_sum_assignment``) while
+    ``d_sae_a * d_sae_b <= dense_limit`` (default ``assignment.DENSE_LIMIT`` = 8192²), above it
+    by the sparse top-``top_m`` candidate matching (no d_sae x d_sae matrix is ever held).
+    ``result.method`` says which. ``chunk_size``: rows of dec_a per similarity chunk.
+    """
     ts = _check_thresholds(thresholds)
     a, b = _prepare([dec_a, dec_b], ["dec_a", "dec_b"], device)
-    rows, cols = linear_sum_assignment(_cost_matrix(a, b, chunk_size))
-    # recompute matched similarities in float64 from the pairs: exact, and only O(n d_in)
-    a64, b64 = a.cpu().numpy()[rows].astype(np.float64), b.cpu().numpy()[cols].astype(np.float64)
-    sims = np.abs(np.einsum("ij,ij->i", a64, b64))
-    n = len(rows)
-    return MatchResult(rows, cols, sims, float(sims.mean()), {t: float((sims >= t).sum() / n) for t in ts}, n)
+    chunk = None if chunk_size is None else _check_chunk(chunk_size, b.shape[0], a.shape[0])
+    m = _assignment.match_units(
+        a, b, "abs_cos", dense_limit=_assignment.DENSE_LIMIT if dense_limit is None else dense_limit,
+        top_m=_assignment.TOP_M if top_m is None else top_m, chunk_rows=chunk, progress=progress)
+    sims, n = m.sims, len(m.rows)  # |cos| of the pairs, recomputed in float64 from the unit rows
+    return MatchResult(m.rows, m.cols, sims, float(sims.mean()), {t: float((sims >= t).sum() / n) for t in ts}, n,
+                       m.method, m.top_m)
 
 
 # --------------------------------------------------------------------------- per-feature stability

@@ -561,9 +561,10 @@ def calibrate_point(spec: dict[str, Any]) -> dict[str, Any]:
             "responsive": responsive, "trace": trace}
 
 
-def jumprelu_scales(x: torch.Tensor, d_sae: int, k: int) -> dict[str, float]:
-    """JumpReLU threshold settings in the units of ``x`` (the published 1e-3 assume unit mean
-    squared norm; ours are raw activations, and a short run cannot move log-thresholds far).
+def jumprelu_scales(x: torch.Tensor, d_sae: int, k: int, scale: float = 1.0) -> dict[str, float]:
+    """JumpReLU threshold settings in the units the SAE trains in: ``x`` times ``scale``
+    (``trainer.training_scale(cfg, x)``: the input normalisation factor, 1 for raw rows); a
+    short run cannot move log-thresholds far, so they must start in the right units.
 
     At initialisation the encoder rows are random unit vectors, so a pre-activation is about
     N(0, sigma^2) with sigma^2 = E||x - mean||^2 / d_in. The initial threshold is the
@@ -573,7 +574,7 @@ def jumprelu_scales(x: torch.Tensor, d_sae: int, k: int) -> dict[str, float]:
     """
     from statistics import NormalDist
 
-    x = torch.as_tensor(x).double()
+    x = torch.as_tensor(x).double() * float(scale)
     sigma = float(((x - x.mean(0)).pow(2).sum(1).mean() / x.shape[1]).sqrt())
     q = NormalDist().inv_cdf(1.0 - min(max(k / d_sae, 1e-6), 0.5))
     return {"jumprelu_init_threshold": max(q * sigma, 1e-6), "bandwidth": 0.1 * sigma, "sigma": sigma}

@@ -40,9 +40,9 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from . import assignment as _assignment
 from .consistency import _as_matrix, _check_thresholds, _device_of, _unit_rows
 from .errors import HusaiError
 
@@ -226,7 +226,10 @@ def _cosines(a: Tensor, b: Tensor) -> np.ndarray:
     chunk = max(1, (32 << 20) // (4 * n_b))
     bt = b.T
     for start in range(0, n_a, chunk):
-        out[start : start + chunk] = torch.mm(a[start : start + chunk], bt).cpu().numpy()
+        if a.device.type == "cpu":  # numpy's BLAS straight into the output (see assignment.mm_into)
+            _assignment.mm_into(a[start : start + chunk], bt, torch.from_numpy(out[start : start + chunk]))
+        else:
+            out[start : start + chunk] = torch.mm(a[start : start + chunk], bt).cpu().numpy()
     return out
 
 
@@ -236,7 +239,19 @@ def _pwmcc_of(c: np.ndarray, signed: bool) -> float:
 
 
 def _match(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return linear_sum_assignment(cost)
+    return _assignment.solve_dense(cost)
+
+
+def _limits(dense_limit, top_m) -> tuple[float, int]:
+    """Defaults read at call time (``assignment.DENSE_LIMIT`` / ``TOP_M``)."""
+    return (_assignment.DENSE_LIMIT if dense_limit is None else dense_limit,
+            _assignment.TOP_M if top_m is None else top_m)
+
+
+def _match_rows(a: Tensor, b: Tensor, dense_limit, top_m) -> _assignment.Matching:
+    """Hungarian matching of unit rows on signed cosine (dense, or sparse above dense_limit)."""
+    limit, m = _limits(dense_limit, top_m)
+    return _assignment.match_units(a, b, "cos", dense_limit=limit, top_m=m)
 
 
 def _pair_dots(a: Tensor, b: Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -308,19 +323,66 @@ def _matched_mean(cost: np.ndarray) -> float:
     return float(1.0 - cost[rows, cols].mean())
 
 
+def _correlation_blocks(la: _Latents, lb: _Latents, ia: np.ndarray | None = None, ib: np.ndarray | None = None):
+    """Similarity provider for ``assignment.match_blocks``: ``block(i0, i1)`` = float64
+    correlations of A's latents ``ia[i0:i1]`` (all: ``i0:i1``) with B's latents ``ib`` (all:
+    every one), computed as in ``_correlation_cost`` (sparse x dense product of raw latents
+    when B is sparse, else standardised float64 row blocks), ~CORR_BYTES at a time."""
+    n = la.z.shape[0]
+    if lb.z.shape[0] != n:
+        raise HusaiError(f"latents are on different rows: {n} rows vs {lb.z.shape[0]} (activation matching "
+                         "needs both SAEs' latents on the same held-out rows)")
+    dev, n_b = la.z.device, lb.z.shape[1]
+    ib_t = None if ib is None else torch.from_numpy(ib).to(dev)
+
+    def block(i0: int, i1: int) -> Tensor:
+        idx = torch.arange(i0, i1, device=dev) if ia is None else torch.from_numpy(ia[i0:i1]).to(dev)
+        mean, inv = la.mean[idx], la.inv_std[idx]
+        if lb.sparse_t is not None:
+            cross = torch.mm(lb.sparse_t, la.z[:, idx].double()).T  # (ca, n_b)
+            corr = cross.div_(n).sub_(torch.outer(mean, lb.mean)).mul_(inv[:, None]).mul_(lb.inv_std[None, :])
+        else:
+            rows = min(n, max(256, CORR_BYTES // (8 * (len(idx) + n_b))))
+            corr = torch.zeros(len(idx), n_b, dtype=torch.float64, device=dev)
+            for r0 in range(0, n, rows):
+                r1 = min(r0 + rows, n)
+                za = (la.z[r0:r1, idx].double() - mean).mul_(inv)
+                corr.addmm_(za.T, _standardised(lb, r0, r1, 0, n_b))
+            corr.div_(n)
+        corr.clamp_(-1.0, 1.0)
+        return corr if ib_t is None else corr[:, ib_t]
+
+    return block
+
+
+def _activation_match(la: _Latents, lb: _Latents, dense_limit, top_m, ia=None, ib=None) -> float:
+    """Mean matched correlation: the dense cost while it fits ``dense_limit``, else the sparse
+    candidate matching streaming correlation blocks (assignment.match_blocks)."""
+    limit, m = _limits(dense_limit, top_m)
+    if la.z.shape[1] * lb.z.shape[1] <= limit:
+        cost = _correlation_cost(la, lb)
+        return _matched_mean(cost if ia is None else cost[np.ix_(ia, ib)])
+    n_a = la.z.shape[1] if ia is None else len(ia)
+    n_b = lb.z.shape[1] if ib is None else len(ib)
+    rows = max(1, min(n_a, CORR_BYTES // (8 * lb.z.shape[1])))
+    return _assignment.match_blocks(n_a, n_b, _correlation_blocks(la, lb, ia, ib), dense_limit=limit, top_m=m,
+                                    block_rows=rows).mean
+
+
 # --------------------------------------------------------------------------- single metrics
-def pw_mcc(dec_a: Matrix, dec_b: Matrix) -> float:
+def pw_mcc(dec_a: Matrix, dec_b: Matrix, *, dense_limit: float | None = None, top_m: int | None = None) -> float:
     """PW-MCC (Song et al. 2025): Hungarian one-to-one matching of unit decoder rows on cost
-    ``1 - cos`` (signed cosine); the mean matched signed cosine over ``min(d_sae_a, d_sae_b)`` pairs."""
+    ``1 - cos`` (signed cosine); the mean matched signed cosine over ``min(d_sae_a, d_sae_b)`` pairs.
+    Exact while ``d_sae_a * d_sae_b <= dense_limit`` (default ``assignment.DENSE_LIMIT``), else
+    the sparse top-``top_m`` candidate matching (``husai_core.assignment``)."""
     dev = _device_of(dec_a, dec_b, device=None)
     a, b = _unit(dec_a, "dec_a", dev), _unit(dec_b, "dec_b", dev)
     _check_same(a, b, "dec_a and dec_b")
-    c = _cosines(a, b)
-    rows, cols = _match(np.subtract(1.0, c, dtype=np.float64))
-    return float(_pair_dots(a, b, rows, cols).mean())
+    return _match_rows(a, b, dense_limit, top_m).mean
 
 
-def shared_latent_fraction(dec_a: Matrix, enc_a: Matrix, dec_b: Matrix, enc_b: Matrix, threshold: float = 0.7) -> float:
+def shared_latent_fraction(dec_a: Matrix, enc_a: Matrix, dec_b: Matrix, enc_b: Matrix, threshold: float = 0.7, *,
+                           dense_limit: float | None = None, top_m: int | None = None) -> float:
     """Shared-latent fraction (Paulo & Belrose 2025).
 
     Hungarian one-to-one matching of the latents on cost ``1 - cos`` of the unit decoder rows
@@ -328,7 +390,7 @@ def shared_latent_fraction(dec_a: Matrix, enc_a: Matrix, dec_b: Matrix, enc_b: M
     shared when its decoder cosine and its encoder cosine (encoder rows ``(d_sae, d_in)``, i.e.
     W_enc transposed, unit-normalised, signed) are both strictly greater than ``threshold``,
     as in the paper ("greater than 0.7 according to both the encoder and decoder weights").
-    Value = shared pairs / ``min(d_sae_a, d_sae_b)``.
+    Value = shared pairs / ``min(d_sae_a, d_sae_b)``. ``dense_limit``/``top_m``: as in ``pw_mcc``.
     """
     thr = _check_thresholds([threshold])[0]
     dev = _device_of(dec_a, enc_a, dec_b, enc_b, device=None)
@@ -339,8 +401,8 @@ def shared_latent_fraction(dec_a: Matrix, enc_a: Matrix, dec_b: Matrix, enc_b: M
     for d, e, s in ((da, ea, "a"), (db, eb, "b")):
         if d.shape[0] != e.shape[0]:
             raise HusaiError(f"dec_{s} has {d.shape[0]} rows but enc_{s} has {e.shape[0]} (both must be (d_sae, d))")
-    rows, cols = _match(np.subtract(1.0, _cosines(da, db), dtype=np.float64))
-    return _shared(da, db, ea, eb, rows, cols, thr)
+    m = _match_rows(da, db, dense_limit, top_m)
+    return _shared(da, db, ea, eb, m.rows, m.cols, thr)
 
 
 def _shared(da, db, ea, eb, rows, cols, thr) -> float:
@@ -348,13 +410,15 @@ def _shared(da, db, ea, eb, rows, cols, thr) -> float:
     return float(shared.sum() / len(rows))
 
 
-def activation_mcc(z_a: Matrix, z_b: Matrix) -> float:
+def activation_mcc(z_a: Matrix, z_b: Matrix, *, dense_limit: float | None = None, top_m: int | None = None) -> float:
     """Activation matching: Pearson correlation (float64) between every latent (column) of
     ``z_a`` and of ``z_b`` (both (n_rows, d_sae), the SAEs' latents on the same rows; a column
     constant on these rows correlates 0 with everything), Hungarian one-to-one matching on cost
-    ``1 - corr``; the mean matched correlation over ``min(d_sae_a, d_sae_b)`` pairs."""
+    ``1 - corr``; the mean matched correlation over ``min(d_sae_a, d_sae_b)`` pairs. Above
+    ``dense_limit`` the correlation blocks are streamed and only the top-``top_m`` per latent
+    kept (sparse candidate matching, ``husai_core.assignment.match_blocks``)."""
     dev = _device_of(z_a, z_b, device=None)
-    return _matched_mean(_correlation_cost(_latent_stats(z_a, "z_a", dev), _latent_stats(z_b, "z_b", dev)))
+    return _activation_match(_latent_stats(z_a, "z_a", dev), _latent_stats(z_b, "z_b", dev), dense_limit, top_m)
 
 
 # --------------------------------------------------------------------------- the family
@@ -378,32 +442,61 @@ def _scope_values(c: np.ndarray, pa: _Prep, pb: _Prep, ia, ib, thr: float, act_c
     return out
 
 
-def _pair_values(pa: _Prep, pb: _Prep, thr: float, names: tuple[str, str] = ("a", "b")) -> dict[str, float]:
+def _scope_values_large(pa: _Prep, pb: _Prep, ia, ib, thr: float, limit: float, top_m: int) -> dict[str, float]:
+    """``_scope_values`` without any d_sae x d_sae matrix: PWMCC (both forms) from one tiled
+    extrema pass, one (sparse above ``limit``) matching for pw_mcc and shared, and activation
+    matching on streamed correlation blocks."""
+    da, ea, db, eb = pa.dec, pa.enc, pb.dec, pb.enc
+    if ia is not None:
+        ta, tb = torch.from_numpy(ia).to(da.device), torch.from_numpy(ib).to(db.device)
+        da, ea, db, eb = da[ta], ea[ta], db[tb], eb[tb]
+    ext = _assignment.extrema(da, db)
+    out = {"pwmcc": _assignment.pwmcc_from_extrema(*ext, signed=False),
+           "pwmcc_signed": _assignment.pwmcc_from_extrema(*ext, signed=True)}
+    m = _assignment.match_units(da, db, "cos", dense_limit=limit, top_m=top_m)  # one solve for pw_mcc and shared
+    out["pw_mcc"] = m.mean
+    out["shared_latent"] = _shared(da, db, ea, eb, m.rows, m.cols, thr)
+    if pa.lat is not None and pb.lat is not None:
+        out["activation_mcc"] = _activation_match(pa.lat, pb.lat, limit, top_m, ia, ib)
+    return out
+
+
+def _pair_values(pa: _Prep, pb: _Prep, thr: float, names: tuple[str, str] = ("a", "b"),
+                 dense_limit: float | None = None, top_m: int | None = None) -> dict[str, float]:
     _check_same(pa.dec, pb.dec, f"{names[0]}.decoder and {names[1]}.decoder")
     _check_same(pa.enc, pb.enc, f"{names[0]}.encoder and {names[1]}.encoder")
     for p, nm in zip((pa, pb), names):
         if len(p.alive) == 0:
             raise HusaiError(f"{nm} has no alive latent (none fired on the held-out rows): alive-scope metrics are undefined")
-    c = _cosines(pa.dec, pb.dec)
-    act_cost = None if pa.lat is None or pb.lat is None else _correlation_cost(pa.lat, pb.lat)
-    everything = _scope_values(c, pa, pb, None, None, thr, act_cost)
+    limit, m = _limits(dense_limit, top_m)
+    if pa.dec.shape[0] * pb.dec.shape[0] <= limit:  # small: one dense cosine matrix serves every metric
+        c = _cosines(pa.dec, pb.dec)
+        act_cost = None if pa.lat is None or pb.lat is None else _correlation_cost(pa.lat, pb.lat)
+        scope = lambda ia, ib: _scope_values(c, pa, pb, ia, ib, thr, act_cost)  # noqa: E731
+    else:
+        scope = lambda ia, ib: _scope_values_large(pa, pb, ia, ib, thr, limit, m)  # noqa: E731
+    everything = scope(None, None)
     if len(pa.alive) == pa.dec.shape[0] and len(pb.alive) == pb.dec.shape[0]:
         alive = everything  # nothing dead: the alive scope is the same computation
     else:
-        alive = _scope_values(c, pa, pb, pa.alive, pb.alive, thr, act_cost)
+        alive = scope(pa.alive, pb.alive)
     return {f"{m}/{s}": vals[m] for m in METRICS for s, vals in (("all", everything), ("alive", alive)) if m in vals}
 
 
-def pair_family(a: SAEView, b: SAEView, threshold: float = 0.7) -> dict[str, float]:
+def pair_family(a: SAEView, b: SAEView, threshold: float = 0.7, *, dense_limit: float | None = None,
+                top_m: int | None = None) -> dict[str, float]:
     """Every metric of ``METRICS`` in every scope of ``SCOPES`` for one pair of SAEs.
 
     Keys ``"<metric>/<scope>"`` (e.g. ``"pw_mcc/alive"``); ``activation_mcc/*`` only when both
     views carry latents. One Hungarian solve per scope serves pw_mcc and shared_latent (both
     match on decoder signed cosine). Raises ``HusaiError`` if a view has no alive latent.
+    Above ``d_sae_a * d_sae_b > dense_limit`` (default ``assignment.DENSE_LIMIT``) no
+    d_sae x d_sae matrix is built: tiled PWMCC maxima, sparse top-``top_m`` matchings.
     """
     thr = _check_thresholds([threshold])[0]
     dev = _device_of(a.decoder, device=None) if isinstance(a, SAEView) else torch.device("cpu")
-    return _pair_values(_prepare_view(a, "a", dev), _prepare_view(b, "b", dev), thr)
+    return _pair_values(_prepare_view(a, "a", dev), _prepare_view(b, "b", dev), thr,
+                        dense_limit=dense_limit, top_m=top_m)
 
 
 def _check_pairs(pairs: Iterable[Sequence[int]] | None, n: int) -> list[tuple[int, int]]:
@@ -422,11 +515,13 @@ def _check_pairs(pairs: Iterable[Sequence[int]] | None, n: int) -> list[tuple[in
 
 
 def family_matrices(views: Sequence[SAEView], threshold: float = 0.7, progress: bool = False,
-                    pairs: Iterable[Sequence[int]] | None = None) -> dict[str, np.ndarray]:
+                    pairs: Iterable[Sequence[int]] | None = None, *, dense_limit: float | None = None,
+                    top_m: int | None = None) -> dict[str, np.ndarray]:
     """For each key of ``pair_family`` an ``(n, n)`` symmetric float64 matrix, 1.0 on the
     diagonal and NaN for pairs not computed. ``pairs``: the (i, j) pairs to compute (default
     all i < j). Each view is validated and row-normalised once. Activation keys are present
-    when at least two views carry latents (NaN for pairs where one does not)."""
+    when at least two views carry latents (NaN for pairs where one does not).
+    ``dense_limit``/``top_m``: as in ``pair_family``."""
     from tqdm.auto import tqdm
 
     if isinstance(views, SAEView):
@@ -443,6 +538,7 @@ def family_matrices(views: Sequence[SAEView], threshold: float = 0.7, progress: 
     for m in out.values():
         np.fill_diagonal(m, 1.0)
     for i, j in tqdm(todo, disable=not progress, desc="SAE pairs"):
-        for k, v in _pair_values(preps[i], preps[j], thr, (f"views[{i}]", f"views[{j}]")).items():
+        for k, v in _pair_values(preps[i], preps[j], thr, (f"views[{i}]", f"views[{j}]"),
+                                 dense_limit=dense_limit, top_m=top_m).items():
             out[k][i, j] = out[k][j, i] = v
     return out

@@ -231,7 +231,7 @@ def regularised_point_check(d_in: int) -> Callable[[dict[str, Any]], None]:
 
 def train_or_load_regularised(folder: str | Path, cfg, x: Tensor, seeds: list[int],
                               objective: DecoderAlignment | None, progress: bool = False,
-                              device: str = "auto") -> list:
+                              device: str = "auto", heldout: Tensor | None = None) -> list:
     """``experiments.train_or_load_saes`` with an extra training term (one fresh objective per
     seed, so cached matchings never leak between seeds). ``objective=None`` is plain training.
 
@@ -240,7 +240,8 @@ def train_or_load_regularised(folder: str | Path, cfg, x: Tensor, seeds: list[in
     """
     from .experiments import train_or_load_saes
 
-    return train_or_load_saes(folder, cfg, x, seeds, progress=progress, device=device, objective=objective)
+    return train_or_load_saes(folder, cfg, x, seeds, progress=progress, device=device, objective=objective,
+                              heldout=heldout)
 
 
 def train_regularised_point(spec: dict[str, Any]) -> dict[str, Any]:
@@ -248,9 +249,9 @@ def train_regularised_point(spec: dict[str, Any]) -> dict[str, Any]:
     ``objective == "none"``, without) a consistency objective towards the SAE checkpoint at
     ``spec['reference']``. Returns the ``experiments.train_point`` fields plus the seed's
     alignment to the reference. Top-level so a process-pool or Dask worker can run it."""
-    from .activations import load_cache
-    from .experiments import config_id, sae_config, sae_dir, train_point
+    from .experiments import config_id, point_data, sae_config, sae_dir, train_point
     from .sae import load_sae
+    from .sae.trainer import training_scale
 
     spec = dict(spec)
     kind, lam = str(spec.pop("objective", "none")), float(spec.pop("lam", 0.0))
@@ -263,16 +264,21 @@ def train_regularised_point(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         if reference is None:
             raise HusaiError(f"objective {kind!r} with lambda {lam:g} needs a reference SAE checkpoint")
-        art, layout, hook, seed = spec.pop("artifacts"), spec.pop("layout"), spec.pop("hook"), int(spec.pop("seed"))
-        x = load_cache(Path(art) / "activations" / layout).get(hook)
-        # penalty in MSE units: times the mean per-element variance of the activations
-        scale = float(x.double().var(dim=0, unbiased=False).mean())
+        spec, data, x = point_data(spec)  # the same held-out split as every other SAE
+        (art, layout, hook, _), seed = spec.pop("_where"), int(spec.pop("seed"))
+        rows = data.train
+        # penalty in MSE units: times the mean per-element variance of the training rows, in the
+        # units the SAE trains in (times the input scale squared when rows are normalised)
+        cfg0 = sae_config(x.shape[1], spec)
+        scale = float(rows.double().var(dim=0, unbiased=False).mean()) * training_scale(cfg0, rows) ** 2
         objective = make_objective(kind, reference, lam, resolve_every, scale=max(scale, 1e-12))
         extra = {**spec.pop("extra", {}), "objective": objective.describe()}
         cfg = sae_config(x.shape[1], {**spec, "extra": extra})
-        (r,) = train_or_load_regularised(sae_dir(art, layout, hook, cfg), cfg, x, [seed], objective)
-        res = {"ev": r.metrics["ev"], "l0": r.metrics["l0"], "mse": r.metrics["mse"],
-               "dead_fraction": r.metrics["dead_fraction"], "checkpoint": str(r.path), "config_id": config_id(cfg),
+        (r,) = train_or_load_regularised(sae_dir(art, layout, hook, cfg), cfg, rows, [seed], objective,
+                                         heldout=data.heldout)
+        held = r.metrics["heldout"]
+        res = {"ev": held["ev"], "l0": held["l0"], "mse": held["mse"], "dead_fraction": held["dead_fraction"],
+               "train_ev": r.metrics["ev"], "checkpoint": str(r.path), "config_id": config_id(cfg),
                "final_penalty": r.metrics.get("final_penalty"), "n_solves": r.metrics.get("n_solves")}
     if reference is not None:
         res["reference_alignment"] = reference_alignment(load_sae(res["checkpoint"]).W_dec, reference)

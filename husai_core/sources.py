@@ -294,8 +294,7 @@ class ActivationSource:
     def evenly_spaced(self, m: int) -> torch.Tensor:
         """Indices of ``m`` evenly spaced rows (all rows when m >= n): round(linspace(0, n-1, m)),
         the rule of ``geometric_median`` and BatchTopK calibration."""
-        n = self.n_rows
-        return torch.arange(n) if m >= n else torch.linspace(0, n - 1, int(m)).round().long()
+        return evenly_spaced(self.n_rows, m)
 
     def materialise(self, max_rows: int | None = None) -> torch.Tensor:
         """All rows as one float32 tensor; with ``max_rows`` < n, ``max_rows`` evenly spaced rows."""
@@ -799,6 +798,8 @@ def open_source(spec: Any, hook: str | None = None, *, max_files: int | None = N
     A missing, unknown or corrupt source raises one ``HusaiError`` line naming it.
     """
     if is_source(spec):
+        if hook is not None and getattr(spec, "hook", None) not in (None, hook):
+            raise HusaiError(f"the activation source holds hook {spec.hook!r}, not {hook!r}")
         return spec
     if isinstance(spec, (torch.Tensor, np.ndarray)):
         return as_source(spec)

@@ -33,8 +33,8 @@
 #   so in a run this short the thresholds stay near where they start and the L0 coefficient
 #   barely steers L0 (set `calibrate` to `{"jumprelu": "l0_coeff"}` to see it; the search
 #   then stops early and says that L0 does not respond). JumpReLU's bandwidth is put in the
-#   units of the data (`jumprelu_scales`): the published value assumes activations scaled to
-#   unit mean squared norm.
+#   units the SAE trains in (`jumprelu_scales`; rows are normalised to mean squared norm d_in
+#   by default): a short run cannot move log-thresholds far from where they start.
 #
 # Every architecture is then compared on EV, L0, dead fraction, PWMCC against its
 # `gaussian_matched` null — the same configuration trained on Gaussian rows with the
@@ -86,10 +86,11 @@ from husai_core.activations import load_cache
 from husai_core.consistency import disjoint_seeds
 from husai_core.errors import HusaiError
 from husai_core.experiments import (CALIBRATION_KNOBS, calibrate_point, frontier_summary, jumprelu_scales, merge_points,
-                                    select_by_lcb, sweep_point_check, train_point)
+                                    sae_config, select_by_lcb, sweep_point_check, train_point)
 from husai_core.report import record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
 from husai_core.sae.config import ALIASES
+from husai_core.sae.trainer import training_scale
 from husai_core.store import code_version, tensor_fingerprint
 from husai_core.sweep import SweepPoint, expand_grid, run_sweep
 
@@ -108,7 +109,8 @@ for a, knob in (calibrate or {}).items():
                          f"{ {arch: list(knobs) for arch, knobs in CALIBRATION_KNOBS.items()} }")
 shared = {"artifacts": str(art), "layout": layout, "hook": hook, "d_sae": d_sae, "k": k, "steps": steps,
           "batch_size": batch_size, "lr": lr, **sae_params}
-scales = jumprelu_scales(x, d_sae, k)
+# in the units the SAEs train in (normalised rows unless sae_params turns normalisation off)
+scales = jumprelu_scales(x, d_sae, k, training_scale(sae_config(x.shape[1], {**sae_params, "architecture": "jumprelu"}), x))
 configs = {}
 for a in archs:
     cfg = {**shared, "architecture": a}

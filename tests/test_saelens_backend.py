@@ -24,8 +24,9 @@ def rows(n: int = 256) -> torch.Tensor:
 
 
 def config(arch: str, **kw) -> SAEConfig:
+    # raw units, so SAELens's own objects and ours take the same inputs (normalisation: see below)
     return SAEConfig(**{"architecture": arch, "d_in": D_IN, "d_sae": D_SAE, "k": 3, "steps": 12,
-                        "batch_size": 32, "log_every": 4, **kw})
+                        "batch_size": 32, "log_every": 4, "normalize_activations": "none", **kw})
 
 
 def assert_same_function(ours, theirs, x, latent_scale):
@@ -152,3 +153,23 @@ def test_cached_rows_follow_our_trainers_order():
     ours = _RowSampler(50, 4)
     for _ in range(3):  # crosses a pass boundary (50 rows, 32 per batch)
         assert torch.equal(next(provider), x[ours.take(32)])
+
+
+def test_normalised_training_is_folded_back_to_raw_units(tmp_path):
+    from husai_core.sae.trainer import input_scale
+
+    x = rows() * 40
+    cfg = config("topk", normalize_activations="expected_average_only_in")
+    res = train_saelens(cfg, x, seed=1, device="cpu", workdir=tmp_path / "sl")
+    s = input_scale(x)
+    assert res.metrics["input_scale"] == [s, s]
+    theirs = sae_lens.SAE.load_from_disk(tmp_path / "sl", device="cpu")  # trained on x * s
+    with torch.no_grad():
+        torch.testing.assert_close(res.sae.encode(x), theirs.encode(x * s) / s, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(res.sae.decode(res.sae.encode(x)), theirs.decode(theirs.encode(x * s)) / s,
+                                   atol=1e-4, rtol=1e-5)
+    from husai_core.metrics import explained_variance
+
+    with torch.no_grad():  # EV is scale-free: ours on raw rows equals SAELens's on the scaled rows it trained on
+        ev_theirs = explained_variance(x * s, theirs.decode(theirs.encode(x * s)))
+    assert abs(res.metrics["ev"] - ev_theirs) < 1e-4

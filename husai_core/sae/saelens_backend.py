@@ -46,7 +46,7 @@ from .base import BaseSAE
 from .build import INIT_STREAM, derived_seed
 from .config import SAEConfig
 from .saelens import import_saelens
-from .trainer import TrainResult, _check_data, _RowSampler, train_saes
+from .trainer import TrainResult, _check_data, _RowSampler, train_saes, training_scale
 
 BACKENDS = ("husai", "sae_lens")
 SAELENS_PIN = "6.54.12"
@@ -343,12 +343,16 @@ def train_saelens(cfg: SAEConfig, x: Any, seed: int, device: str | torch.device 
     ``info`` records the backend, SAELens version and settings, time and the agreement checks.
     """
     _check_supported(cfg)
-    run = fit_saelens(cfg, x, seed, device, progress, match_loss_scale=match_loss_scale,
-                      sae_overrides=sae_overrides, trainer_overrides=trainer_overrides)
-    sl = _load_sae_lens()
     x, _ = _check_data(cfg, x, None)
+    # Input normalisation as SAELens's runner does it (expected_average_only_in): train on scaled
+    # rows, then fold the factor into the saved SAE so it reads raw activations.
+    scale = training_scale(cfg, x)
+    run = fit_saelens(cfg, x * scale if scale != 1.0 else x, seed, device, progress,
+                      match_loss_scale=match_loss_scale, sae_overrides=sae_overrides,
+                      trainer_overrides=trainer_overrides)
+    sl = _load_sae_lens()
     dev = pick_device(device)
-    xd = x.to(device=dev, dtype=torch.float32)
+    xd = x.to(device=dev, dtype=torch.float32) * scale
     n = xd.shape[0]
     check_x = xd if n <= CHECK_ROWS else xd[torch.linspace(0, n - 1, CHECK_ROWS).round().long().to(dev)]
     sl_sae, trainer, sl_cfg = run.sae, run.trainer, run.sae.cfg
@@ -363,7 +367,11 @@ def train_saelens(cfg: SAEConfig, x: Any, seed: int, device: str | torch.device 
             # selection, nor for JumpReLU's gate before its threshold is projected to >= 0)
             checks["trained"] = compare_with_saelens(ours, sl_sae, check_x, "the trained SAELens SAE")
     ours.eval()
+    if scale != 1.0:
+        ours.fold_input_scale(scale, scale)
+        xd = xd / scale
     metrics = evaluate_sae(ours, xd, batch_size=max(cfg.batch_size, 4096))
+    metrics["input_scale"] = [scale, scale]
     since_tokens = trainer.n_forward_passes_since_fired.double() * cfg.batch_size
     metrics["dead_fraction_train"] = float((since_tokens >= cfg.dead_tokens).double().mean())
     metrics["dead_window_tokens_train"] = cfg.dead_tokens

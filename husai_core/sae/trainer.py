@@ -25,17 +25,18 @@ reads only its batch's rows from disk (``_StreamRows``; same shuffled-pass sampl
 ``PERM_MAX_ROWS`` rows, the very same data order as in memory, so a source trains exactly like
 its rows held in memory on CPU). Data memory is then bounded, independent of the row count, by
 
-    ~3 x S x batch_size x d_in x 4 bytes      the batch being read (gather, float32, scaled)
-  + min(65,536, 2^23 / d_in) x d_in x 4 bytes  the final-metrics subset (<= 32 MiB; BatchTopK:
-                                              once more for its calibration rows)
-  + 8192 x d_in x 12 bytes, before training   the b_dec init rows (geometric median, float64)
-  + 8 x min(n, PERM_MAX_ROWS) bytes per seed   the shuffled-pass permutation (<= 32 MiB)
+    ~3 x S x batch_size x d_in x 4 bytes       the batch being read (gather, float32, scaled)
+  + 8192 x d_in x ~32 bytes, before training   the b_dec init rows and geometric median (float64)
+  + FINAL_EVAL_ROWS x d_in x 4 bytes, at the end  the final-metrics rows (8192, as in memory;
+                                               fewer when over sources.EVAL_MAX_BYTES = 32 MiB)
+  + BatchTopK only: min(65,536, 2^23 / d_in) x d_in x 4 bytes of calibration rows (<= 32 MiB)
+  + 8 x min(n, PERM_MAX_ROWS) bytes per seed    the shuffled-pass permutation (<= 32 MiB)
 
-plus the kernel page cache (reclaimable, not process memory): no file stays mapped between
-batches. Reads are synchronous (no prefetch) and, within a batch, in file order. Input
-normalisation and the ``mean`` b_dec init read the source once in ``sources.CHUNK_BYTES`` chunks.
-The final training-row metrics of a streamed source are on ``sources.eval_rows`` evenly spaced
-rows (``metrics["n_rows"]`` says how many).
+plus the kernel page cache (reclaimable, not process memory): a batch's rows are read with
+``preadv`` (or, when they fill >= 1/4 of the file span they cover, one mapping of that span),
+and no file stays mapped between batches. Reads are synchronous (no prefetch) and, within a
+batch, in file order. Input normalisation and the ``mean`` b_dec init read the source once in
+``sources.CHUNK_BYTES`` (4 MiB) chunks.
 """
 
 from __future__ import annotations
@@ -95,6 +96,12 @@ def log_spaced_steps(steps: int, first: int = 25) -> list[int]:
         out.append(s)
         s *= 2
     return out + [int(steps)]
+
+
+def training_scale(cfg: SAEConfig, x: Any) -> float:
+    """The factor ``cfg`` multiplies input rows by before training (1 without normalisation):
+    thresholds, bandwidths and penalty scales must be given in these units."""
+    return input_scale(x) if cfg.normalize_activations == "expected_average_only_in" else 1.0
 
 
 def input_scale(x: Tensor) -> float:
@@ -267,11 +274,12 @@ def _init_rows(x: Any, cfg: SAEConfig, device: torch.device, scale: float) -> Te
 
 def _eval_rows(x: Any, t: Any, device: torch.device) -> tuple[Tensor, Tensor | None]:
     """The rows the final training-row metrics use: all rows of an in-memory tensor; for a
-    source ``sources.eval_rows`` evenly spaced rows (<= 65,536 rows and <= 32 MiB of float32)."""
+    source the same ``FINAL_EVAL_ROWS`` evenly spaced rows as in memory (fewer when they would
+    pass ``sources.EVAL_MAX_BYTES``), read from disk."""
     if not is_source(x):
         return (x.to(device=device, dtype=torch.float32),
                 None if t is None else t.to(device=device, dtype=torch.float32))
-    idx = evenly_spaced(len(x), eval_rows(len(x), int(x.shape[1])))
+    idx = evenly_spaced(len(x), min(FINAL_EVAL_ROWS, eval_rows(len(x), int(x.shape[1]))))
     return (_StreamRows(x, device)[idx], None if t is None else _StreamRows(t, device)[idx])
 
 
@@ -433,9 +441,9 @@ def _metric_rows(x: Any, t: Any, device: torch.device) -> tuple[Tensor, Tensor |
         return _eval_rows(x, t, device)
     n = x.shape[0]
     if n > FINAL_EVAL_ROWS:
-        idx = evenly_spaced(n, FINAL_EVAL_ROWS).to(x.device)
-        x = x[idx]
-        t = None if t is None else t[idx]
+        idx = evenly_spaced(n, FINAL_EVAL_ROWS)
+        x = x[idx.to(x.device)]
+        t = None if t is None else t[idx.to(t.device)]
     return _eval_rows(x, t, device)
 
 
@@ -592,4 +600,4 @@ def choose_mode(cfg: SAEConfig, n_seeds: int, device: torch.device | str = "auto
 
 
 __all__ = ["TrainResult", "train_sae", "train_saes", "train_step", "make_optimizer", "choose_mode", "probe_modes", "lr_multiplier",
-           "max_stack_size", "LOG_COLUMNS", "log_spaced_steps", "input_scale"]
+           "max_stack_size", "LOG_COLUMNS", "log_spaced_steps", "input_scale", "training_scale"]
