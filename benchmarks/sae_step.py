@@ -20,16 +20,19 @@ training probe (sequential vs batched, 4 seeds) is recorded too: it backs ``mode
 ``--fit`` adds the end-to-end fit benchmark (JSON key ``fit``): a whole training call on the
 same 65,536 structured rows (``structured_rows``), batch 4096, fp32 CPU, same steps both sides:
 - ``ours``: ``husai_core.sae.train_sae(cfg, x, seed)``, wall clock of the call: input checks,
-  b_dec geometric-median init, every step (logging every ``log_every`` steps), folding, the
-  final ``evaluate_sae`` metrics and the history table.
-- ``sae_lens``: ``husai_core.sae.saelens_backend.fit_saelens(cfg, x, seed)``, wall clock of the
-  call: input checks, SAELens config + ``TopKTrainingSAE`` construction, ``SAETrainer``
+  input normalisation (scale factor, scaled copy), b_dec geometric-median init, every step
+  (logging every ``log_every`` steps), folding, the final ``evaluate_sae`` metrics (on
+  ``trainer.FINAL_EVAL_ROWS`` = 8192 evenly spaced rows of the 65,536) and the history table.
+- ``sae_lens``: ``husai_core.sae.saelens_backend.fit_saelens(cfg, x * scale, seed)``, wall clock
+  of the input normalisation (``training_scale`` and the scaled copy, as ``train_saelens`` does
+  it; our default ``normalize_activations="expected_average_only_in"``) and the call: input
+  checks, SAELens config + ``TopKTrainingSAE`` construction, ``SAETrainer``
   construction, ``SAETrainer.fit`` (every step, our log line every ``log_every`` steps), the
   history table. SAELens's fit computes no final metrics, so none are added on its side.
 Both sides are warmed up once per size (a 2-step call) and then timed round-robin
-(ours, sae_lens, ours, ...); ratio = sae_lens seconds / ours seconds (medians over rounds,
-and the median of the per-round ratios). ``--skip-step`` keeps the step results already in
-``--out`` and only (re)writes the ``fit`` key.
+(ours, sae_lens, ours, ...); ratio = sae_lens seconds / ours seconds (medians over rounds;
+also the median of the per-round ratios, the ratio of the min times and of process CPU times).
+``--skip-step`` keeps the step results already in ``--out`` and only (re)writes the ``fit`` key.
 """
 
 from __future__ import annotations
@@ -182,11 +185,14 @@ def fit_ours(cfg: SAEConfig, x: torch.Tensor) -> dict:
 
 def fit_sae_lens(cfg: SAEConfig, x: torch.Tensor) -> dict:
     from husai_core.sae.saelens_backend import fit_saelens
+    from husai_core.sae.trainer import training_scale
 
     t0, c0 = time.perf_counter(), time.process_time()
-    run = fit_saelens(cfg, x, seed=0, device="cpu")
+    scale = training_scale(cfg, x)  # the input normalisation train_saelens applies before fit_saelens
+    run = fit_saelens(cfg, x * scale if scale != 1.0 else x, seed=0, device="cpu")
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"total_s": total, "cpu_s": cpu, "loop_s": run.seconds, "ev_last_logged_batch": float(run.history["ev"].iloc[-1])}
+    return {"total_s": total, "cpu_s": cpu, "loop_s": run.seconds,
+            "ev_last_logged_batch": float(run.history["ev"].iloc[-1])}
 
 
 def bench_fit(d_in: int, d_sae: int, k: int, steps: int, rounds: int, x: torch.Tensor) -> dict:
@@ -246,14 +252,17 @@ def _fit_header(results: list[dict]) -> dict:
                        "ratio = sae_lens seconds / ours seconds (wall clock medians over rounds; also from the "
                        "min wall times and from the process CPU times, which load from other processes "
                        "inflates less)",
-        "ours": "train_sae(cfg, x, seed): input checks, geometric-median b_dec init, all steps with logging every "
-                "log_every, folding, final evaluate_sae metrics (metrics['n_rows'] rows), history table",
-        "sae_lens": "fit_saelens(cfg, x, seed): input checks, SAELens config + TopKTrainingSAE + SAETrainer "
-                    "construction, SAETrainer.fit (all steps, our log line every log_every), history table; "
+        "ours": "train_sae(cfg, x, seed): input checks, input normalisation (scale, scaled copy), "
+                "geometric-median b_dec init, all steps with logging every log_every, folding, final "
+                "evaluate_sae metrics (on metrics['n_rows'] evenly spaced rows), history table",
+        "sae_lens": "training_scale(cfg, x) and x * scale (as train_saelens), then fit_saelens(cfg, x * scale, "
+                    "seed): input checks, SAELens config + TopKTrainingSAE + SAETrainer construction, "
+                    "SAETrainer.fit (all steps, our log line every log_every), history table; "
                     "SAELens computes no final metrics",
         "data": f"structured_rows({FIT_ROWS}, d_in): 16 of 4*d_in unit atoms per row, exponential coefficients, "
                 "offset, noise 0.05",
-        "config": "topk, lr 3e-4, warmup min(100, steps//10), log_every 50, other SAEConfig defaults; seed 0",
+        "config": "topk, lr 3e-4, warmup min(100, steps//10), log_every 50, other SAEConfig defaults "
+                  "(normalize_activations expected_average_only_in); seed 0",
         "warmup": "one 2-step call per method and size before timing",
         "target": "ratio >= 3 at both sizes, 20 and 1000 steps",
         "results": results,

@@ -1,21 +1,30 @@
 """One-to-one (Hungarian) matching at any dictionary size (DESIGN.md §5, §8).
 
 Every Hungarian-based metric (``consistency.hungarian_match``; ``matching.pw_mcc``,
-``shared_latent``, ``activation_mcc`` and ``pair_family``) calls ``match`` (rows of two
-dictionaries) or ``match_blocks`` (a similarity *provider*, e.g. activation correlations).
+``shared_latent_fraction``, ``activation_mcc``, ``pair_family``, ``family_matrices``) calls
+``match``/``match_units`` (rows of two dictionaries) or ``match_blocks`` (a similarity
+*provider*, e.g. activation correlations streamed block by block).
 
 - **Dense** while the ``n_a x n_b`` float64 cost fits ``dense_limit`` elements (default
   8192² = 512 MiB): the cost is filled in row chunks and solved exactly by scipy's
   ``linear_sum_assignment``.
 - **Sparse** above it: one chunked pass over the similarity keeps the top-``m`` neighbours of
-  every row of A (among B) and of every row of B (among A); their union is a bipartite graph
-  with weights ``offset - sim`` (all > 0, as csgraph treats a 0 as a missing edge) solved by
-  ``scipy.sparse.csgraph.min_weight_full_bipartite_matching`` (LAPJVsp). The matching pairs
-  ``min(n_a, n_b)`` latents (a full matching of the smaller side). If the candidate graph has
-  no full matching (Hopcroft-Karp check first), ``m`` is doubled and the pass repeated.
-  The result is the optimum *over the candidate edges*: equal to the dense optimum whenever
-  the optimal pairs are among them (they almost always are: an optimal pair is rarely
-  outside both partners' top 16); ``benchmarks/consistency.py`` measures the gap.
+  every row of A (among B) and of every row of B (among A) (``_Candidates``: exact top-m per
+  row by group maxima; per column by a running lower bound on its m-th best value). Their
+  union is a bipartite graph with weights ``3 - sim`` (all > 0: csgraph reads a 0 as a
+  missing edge; a constant shift does not change a full matching's optimum) solved by
+  ``scipy.sparse.csgraph.min_weight_full_bipartite_matching`` (LAPJVsp), which pairs
+  ``min(n_a, n_b)`` latents (a full matching of the smaller side, rectangular allowed). If the
+  candidate graph has no full matching (Hopcroft-Karp check first), ``m`` is doubled and the
+  pass repeated. The result is optimal *over the candidates*: the dense optimum whenever the
+  optimal pairs are among them; ``benchmarks/consistency.py`` measures the gap (~1e-4 at
+  16k latents with m = 16).
+- **Certified** (``exact=True``, sparse path): shortest-path potentials of the residual graph
+  of the restricted optimum give dual variables (u, v) with ``u_i + v_j <= w_ij`` on every
+  candidate edge and equality on matched ones; another chunked pass lists every pair (i, j)
+  outside the candidates with ``u_i + v_j > w_ij + CERTIFY_TOL``. None: by LP duality the
+  matching is optimal over all pairs. Otherwise those pairs join the candidates and the
+  matching is re-solved (at most ``CERTIFY_ROUNDS`` rounds; typically 2-4 passes).
 
 Memory: a similarity chunk of about ``CHUNK_BYTES`` plus O((n_a + n_b) m) candidates; a
 ``d_sae x d_sae`` matrix is never held on the sparse path.
@@ -42,15 +51,20 @@ from .errors import HusaiError
 
 # Largest n_a * n_b solved densely: an 8192 x 8192 float64 cost is 512 MiB.
 DENSE_LIMIT = 8192 * 8192
+CERTIFY_ROUNDS = 8  # rounds of the optimality certificate (exact=True) before giving up
+CERTIFY_TOL = 1e-6  # slack allowed in a dual constraint (float32 similarities: ~1e-7)
 # Candidate neighbours kept per row of A and per row of B on the sparse path.
 TOP_M = 16
-# Bytes of one similarity chunk on the sparse path.
+# Bytes of one similarity chunk on the sparse path, and the fewest rows of A per chunk (the
+# per-column bound on the m-th best value is tighter with more rows: at 131,072 columns 512
+# rows are 256 MiB).
 CHUNK_BYTES = 64 << 20
+MIN_CHUNK_ROWS = 512
 # Elements of one float32 similarity chunk of the PWMCC passes (32 MiB): few, large BLAS calls
 # (each call of a multi-threaded BLAS waits for its threads, which is slow on a loaded machine),
 # and a buffer within glibc's dynamic mmap threshold (32 MiB), so repeated calls reuse heap
 # pages instead of faulting in fresh ones.
-TILE = 1 << 23
+BLOCK_ELEMENTS = 1 << 23
 _GROUP = 32  # group width of the two-stage exact top-m along rows
 SIMILARITIES = ("cos", "abs_cos")
 
@@ -60,7 +74,9 @@ class Matching:
     """A one-to-one matching of ``min(n_a, n_b)`` pairs: ``rows[k]`` of A with ``cols[k]`` of
     B (rows ascending), ``sims[k]`` their similarity (float64). ``method``: "dense" or
     "sparse"; ``top_m``: candidates per row that gave the sparse matching (None when dense);
-    ``n_edges``: candidate edges of the sparse graph (``n_a * n_b`` when dense)."""
+    ``n_edges``: candidate edges of the sparse graph (``n_a * n_b`` when dense); ``certified``:
+    True when the matching is proven optimal over all pairs, False for a sparse matching that is
+    only optimal over its candidates, None when certification was not asked for."""
 
     rows: np.ndarray
     cols: np.ndarray
@@ -68,6 +84,7 @@ class Matching:
     method: str
     top_m: int | None
     n_edges: int
+    certified: bool | None = None  # True: proven optimal over all pairs (dense, or sparse + certificate)
 
     @property
     def mean(self) -> float:
@@ -95,15 +112,15 @@ def mm_into(a: torch.Tensor, bt: torch.Tensor, out: torch.Tensor) -> torch.Tenso
 
 def _block_shape(n_a: int, n_b: int, rows: int | None, cols: int | None) -> tuple[int, int]:
     cols = min(cols or n_b, n_b)
-    return min(rows or max(1, TILE // cols), n_a), cols
+    return min(rows or max(1, BLOCK_ELEMENTS // cols), n_a), cols
 
 
 def maxima_cpu(a: np.ndarray, b: np.ndarray, signed: bool = False, rows: int | None = None,
                cols: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Row and column maxima of ``|a @ b.T|`` (``signed``: of ``a @ b.T``) for float32 numpy
-    rows, one ``rows x cols`` block at a time (default: all columns and ``TILE // n_b`` rows,
-    i.e. 32 MiB): each block is one BLAS product into a reused buffer, then reduced in place
-    (no ``abs`` copy) by single-threaded numpy reductions."""
+    rows, one ``rows x cols`` block at a time (default: all columns and
+    ``BLOCK_ELEMENTS // n_b`` rows, i.e. 32 MiB): each block is one BLAS product into a reused
+    buffer, then reduced in place (no ``abs`` copy) by single-threaded numpy reductions."""
     n_a, n_b = a.shape[0], b.shape[0]
     rows, cols = _block_shape(n_a, n_b, rows, cols)
     init = -np.inf if signed else 0.0  # |cos| >= 0; signed maxima must start below -1
@@ -286,7 +303,8 @@ def _pass_candidates(n_a: int, n_b: int, fill: Callable[[int, int, torch.Tensor]
     """One chunked pass: ``fill(i0, i1, out)`` writes S[i0:i1] into ``out`` (i1-i0, n_b)."""
     w = n_b if n_b < 4 * m * _GROUP else -(-n_b // _GROUP) * _GROUP  # padded width for grouped top-m
     itemsize = torch.empty((), dtype=dtype).element_size()
-    rows = chunk_rows or max(1, min(n_a, CHUNK_BYTES // (itemsize * w)))
+    # at least MIN_CHUNK_ROWS rows: the column bound comes from groups of rows within a chunk
+    rows = chunk_rows or min(n_a, max(MIN_CHUNK_ROWS, CHUNK_BYTES // (itemsize * w)))
     buf = torch.full((min(rows, n_a), w), -math.inf, device=device, dtype=dtype)  # pad columns stay -inf
     cand = _Candidates(n_a, n_b, m, device, dtype)
     with _tqdm(n_a, progress, f"candidate pass (top {m})") as bar:
@@ -301,91 +319,240 @@ def _pass_candidates(n_a: int, n_b: int, fill: Callable[[int, int, torch.Tensor]
     return cand
 
 
-def _solve_sparse(n_a: int, n_b: int, candidates: Callable[[int], tuple], top_m: int, offset: float):
-    """Candidates for m = top_m, 2 top_m, ... until the graph has a full matching; then LAPJVsp."""
+def _pass_violations(n_a: int, n_b: int, fill: Callable[[int, int, torch.Tensor], None], abs_: bool,
+                     x: np.ndarray, y: np.ndarray, bound: float, device: torch.device, dtype: torch.dtype,
+                     chunk_rows: int | None, progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One chunked pass listing every pair with ``S[i, j] - x[i] - y[j] > bound`` (the pairs
+    whose dual constraint is violated): (rows, cols, sims float64)."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    rows = chunk_rows or max(1, min(n_a, CHUNK_BYTES // (itemsize * n_b)))
+    buf = torch.empty((min(rows, n_a), n_b), device=device, dtype=dtype)
+    # screen in the buffer's precision with a margin (the potentials can be large: float32
+    # rounding of x + y is up to ~1e-7 (|x| + |y|)), then test the survivors exactly in float64
+    margin = 1e-5 * (1.0 + float(np.abs(y).max(initial=0.0)) + float(np.abs(x).max(initial=0.0)))
+    x64 = x + bound
+    xt = torch.as_tensor(x64 - margin, dtype=dtype, device=device)
+    yt = torch.as_tensor(y, dtype=dtype, device=device)
+    rhs = torch.empty_like(buf)
+    out_r, out_c, out_v = [], [], []
+    with _tqdm(n_a, progress, "optimality check") as bar:
+        for start in range(0, n_a, rows):
+            stop = min(start + rows, n_a)
+            s, t = buf[: stop - start], rhs[: stop - start]
+            fill(start, stop, s)
+            if abs_:
+                s.abs_()
+            torch.add(xt[start:stop, None], yt[None, :], out=t)
+            if device.type == "cpu":
+                hit = np.flatnonzero(s.numpy() > t.numpy())
+                hr, hc = hit // n_b, hit % n_b
+            else:
+                hr, hc = (s > t).nonzero().unbind(1)
+                hr, hc = hr.cpu().numpy(), hc.cpu().numpy()
+            if len(hr):
+                vals = s[torch.from_numpy(hr).to(device), torch.from_numpy(hc).to(device)].double().cpu().numpy()
+                keep = vals - y[hc] > x64[start + hr]
+                out_r.append(hr[keep] + start)
+                out_c.append(hc[keep])
+                out_v.append(vals[keep])
+            bar.update(stop - start)
+    if not out_r:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    return np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_v)
+
+
+def _potentials(n_l: int, n_r: int, el: np.ndarray, er: np.ndarray, ew: np.ndarray,
+                match_l: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Shortest-path potentials of the residual graph of an optimal matching in which every
+    left node is matched (``match_l``): arcs left -> right along unmatched edges (weight w)
+    and right -> left along matched ones (-w), every node also reachable at distance 0 from a
+    virtual source. Label-correcting (Bellman-Ford restricted to the nodes that changed).
+    Returns (p_left, p_right), or None if it does not settle (a negative cycle: the matching
+    was not optimal, which only float rounding can cause)."""
+    order = np.lexsort((er, el))  # by left, then right
+    el, er, ew = el[order], er[order], ew[order]
+    indptr = np.searchsorted(el, np.arange(n_l + 1))
+    key = el * n_r + er
+    w_match = ew[np.searchsorted(key, np.arange(n_l) * n_r + match_l)]  # edges sorted by (left, right)
+    left_of = np.full(n_r, -1, dtype=np.int64)
+    left_of[match_l] = np.arange(n_l)
+    p_r = np.zeros(n_r)
+    active = np.arange(n_l)
+    for _ in range(n_l + 2):
+        p_l = p_r[match_l] - w_match  # a left node is reached only through its matched right node
+        starts = indptr[active]
+        counts = indptr[active + 1] - starts
+        total = int(counts.sum())
+        if total == 0:
+            return p_l, p_r
+        idx = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
+        new = p_r.copy()
+        np.minimum.at(new, er[idx], p_l[el[idx]] + ew[idx])
+        changed = np.flatnonzero(new < p_r - 1e-12)
+        p_r = new
+        if len(changed) == 0:
+            return p_r[match_l] - w_match, p_r
+        active = left_of[changed]
+        active = active[active >= 0]
+    return None
+
+
+def _dual_offsets(n_a: int, n_b: int, r: np.ndarray, c: np.ndarray, w: np.ndarray, rows: np.ndarray,
+                  cols: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Dual certificate of the restricted optimum: ``(x, y)`` such that the matching is optimal
+    over *all* pairs iff ``S[i, j] - x[i] - y[j] <= offset`` everywhere (LP duality: with
+    u = -p_left, v = p_right, u + v <= w on every candidate edge, = on matched ones, v = 0 on
+    unmatched right nodes; a pair outside the candidates only has to satisfy the same)."""
+    if n_a <= n_b:  # left = A
+        match_l = np.empty(n_a, dtype=np.int64)
+        match_l[rows] = cols
+        pot = _potentials(n_a, n_b, r, c, w, match_l)
+        return None if pot is None else (pot[0], -pot[1])
+    match_l = np.empty(n_b, dtype=np.int64)
+    match_l[cols] = rows
+    pot = _potentials(n_b, n_a, c, r, w, match_l)
+    return None if pot is None else (-pot[1], pot[0])
+
+
+def _lapjvsp(n_a: int, n_b: int, r: np.ndarray, c: np.ndarray, v: np.ndarray, offset: float):
+    """Minimum-weight full matching over candidate edges sorted by key ``r * n_b + c``."""
+    graph = csr_matrix((offset - v, (r, c)), shape=(n_a, n_b))  # weights > 0 (0 = no edge)
+    rows, cols = min_weight_full_bipartite_matching(graph)
+    rows, cols = rows.astype(np.int64), cols.astype(np.int64)
+    return rows, cols, v[np.searchsorted(r * n_b + c, rows * n_b + cols)]
+
+
+def _solve_sparse(n_a: int, n_b: int, candidates: Callable[[int], tuple], top_m: int, offset: float,
+                  violations: Callable | None = None, rounds: int = CERTIFY_ROUNDS):
+    """Candidates for m = top_m, 2 top_m, ... until the graph has a full matching; LAPJVsp.
+    With ``violations`` (a pass listing the pairs that violate a dual certificate): certify
+    the restricted optimum, adding violating pairs and re-solving up to ``rounds`` times.
+    Returns rows, cols, sims, m, n_edges, certified (None when not asked)."""
     m = top_m
     while True:
         r, c, v = candidates(m)
-        graph = csr_matrix((offset - v, (r, c)), shape=(n_a, n_b))  # weights > 0 (0 = no edge)
+        graph = csr_matrix((offset - v, (r, c)), shape=(n_a, n_b))
         perm = maximum_bipartite_matching(graph, perm_type="column" if n_a <= n_b else "row")
         if int((perm >= 0).sum()) == min(n_a, n_b):
-            rows, cols = min_weight_full_bipartite_matching(graph)
-            rows, cols = rows.astype(np.int64), cols.astype(np.int64)
-            pos = np.searchsorted(r * n_b + c, rows * n_b + cols)  # candidates are sorted by key
-            return rows, cols, v[pos], m, len(r)
+            break
         if m >= max(n_a, n_b):  # cannot happen: the complete graph has a full matching
             raise HusaiError("sparse assignment found no full matching on the complete candidate graph")
         m = min(2 * m, max(n_a, n_b))
+    rows, cols, sims = _lapjvsp(n_a, n_b, r, c, v, offset)
+    certified = None
+    if violations is not None:
+        certified = False
+        for _ in range(rounds):
+            duals = _dual_offsets(n_a, n_b, r, c, offset - v, rows, cols)
+            if duals is None:
+                break
+            vr, vc, vv = violations(duals[0], duals[1], offset + CERTIFY_TOL)
+            key = r * n_b + c
+            new_key, first = np.unique(vr * n_b + vc, return_index=True)
+            fresh = ~np.isin(new_key, key, assume_unique=True)
+            if not fresh.any():
+                certified = True
+                break
+            key = np.concatenate([key, new_key[fresh]])
+            v = np.concatenate([v, vv[first][fresh]])
+            order = np.argsort(key)
+            key, v = key[order], v[order]
+            r, c = key // n_b, key % n_b
+            rows, cols, sims = _lapjvsp(n_a, n_b, r, c, v, offset)
+    return rows, cols, sims, m, len(r), certified
+
+
+def _check_exact(exact) -> bool:
+    if not isinstance(exact, (bool, np.bool_)):
+        raise HusaiError(f"exact must be True or False, got {exact!r}")
+    return bool(exact)
 
 
 # --------------------------------------------------------------------------- public API
 def match_units(a: torch.Tensor, b: torch.Tensor, similarity: str = "cos", *, dense_limit: float = DENSE_LIMIT,
-                top_m: int = TOP_M, chunk_rows: int | None = None, progress: bool = False) -> Matching:
+                top_m: int = TOP_M, exact: bool = False, chunk_rows: int | None = None,
+                progress: bool = False) -> Matching:
     """``match`` on already validated unit rows (float32 tensors on one device)."""
     if similarity not in SIMILARITIES:
         raise HusaiError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
     _check_options(dense_limit, top_m)
     abs_ = similarity == "abs_cos"
     n_a, n_b = a.shape[0], b.shape[0]
-    if n_a * n_b <= dense_limit:
-        rows, cols = solve_dense(_dense_cost(a, b, abs_, chunk_rows))
-        method, m, n_edges = "dense", None, n_a * n_b
-    else:
+    want_exact = _check_exact(exact)
+    if n_a * n_b > dense_limit:
         bt = b.T
+        fill = lambda i0, i1, out: mm_into(a[i0:i1], bt, out)  # noqa: E731
 
         def candidates(m: int):
-            fill = lambda i0, i1, out: mm_into(a[i0:i1], bt, out)  # noqa: E731
             return _pass_candidates(n_a, n_b, fill, m, abs_, a.device, torch.float32, chunk_rows, progress).edges()
 
-        rows, cols, _, m, n_edges = _solve_sparse(n_a, n_b, candidates, int(top_m), offset=3.0)
+        def violations(x, y, bound):
+            return _pass_violations(n_a, n_b, fill, abs_, x, y, bound, a.device, torch.float32, chunk_rows, progress)
+
+        rows, cols, _, m, n_edges, certified = _solve_sparse(n_a, n_b, candidates, int(top_m), offset=3.0,
+                                                             violations=violations if want_exact else None)
         method = "sparse"
+    else:
+        rows, cols = solve_dense(_dense_cost(a, b, abs_, chunk_rows))
+        method, m, n_edges, certified = "dense", None, n_a * n_b, True
     sims = pair_dots(a, b, rows, cols)
-    return Matching(rows, cols, np.abs(sims) if abs_ else sims, method, m, n_edges)
+    return Matching(rows, cols, np.abs(sims) if abs_ else sims, method, m, n_edges, certified)
 
 
 def pair_dots(a: torch.Tensor, b: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Float64 dot products ``a[rows[k]] . b[cols[k]]``: the matched similarities recomputed
     from the (unit) rows, exact up to their float32 rounding, O(n d)."""
-    if a.device.type == "cpu":
-        return np.einsum("ij,ij->i", a.numpy()[rows].astype(np.float64), b.numpy()[cols].astype(np.float64))
-    ra = a[torch.from_numpy(rows).to(a.device)].double()
-    rb = b[torch.from_numpy(cols).to(b.device)].double()
-    return (ra * rb).sum(dim=1).cpu().numpy()
+    out = np.empty(len(rows))
+    step = max(1, (16 << 20) // (8 * max(1, a.shape[1])))  # float64 row blocks of ~16 MiB
+    for k in range(0, len(rows), step):
+        r, c = rows[k : k + step], cols[k : k + step]
+        if a.device.type == "cpu":
+            out[k : k + step] = np.einsum("ij,ij->i", a.numpy()[r].astype(np.float64), b.numpy()[c].astype(np.float64))
+        else:
+            ra = a[torch.from_numpy(r).to(a.device)].double()
+            rb = b[torch.from_numpy(c).to(b.device)].double()
+            out[k : k + step] = (ra * rb).sum(dim=1).cpu().numpy()
+    return out
 
 
 def match(a_rows, b_rows, similarity: str = "cos", *, dense_limit: float = DENSE_LIMIT, top_m: int = TOP_M,
-          chunk_rows: int | None = None, device: str | torch.device | None = None,
+          exact: bool = False, chunk_rows: int | None = None, device: str | torch.device | None = None,
           progress: bool = False) -> Matching:
     """Optimal one-to-one matching of the rows of ``a_rows`` (n_a, d) and ``b_rows`` (n_b, d)
     (torch tensors or numpy arrays; rows are L2-normalised, a zero row has similarity 0 with
     everything) maximising the summed similarity: ``"cos"`` signed cosine (cost ``1 - cos``),
     ``"abs_cos"`` absolute cosine. Pairs ``min(n_a, n_b)`` rows.
 
-    Dense (exact) while ``n_a * n_b <= dense_limit``; sparse top-``top_m`` candidate matching
-    above it (see the module docstring). ``chunk_rows``: rows of A per similarity chunk
-    (default: by memory). ``progress``: tqdm bars over the chunked passes.
+    ``linear_sum_assignment`` on the dense cost while ``n_a * n_b <= dense_limit`` (exact);
+    above it the sparse top-``top_m`` candidate matching (optimal over its candidates), which
+    ``exact=True`` certifies optimal over all pairs (extra passes; see the module docstring;
+    ``result.certified``).
+    ``chunk_rows``: rows of A per similarity chunk (default: by memory). ``progress``: tqdm
+    bars over the chunked passes.
     """
     from .consistency import _prepare
 
     a, b = _prepare([a_rows, b_rows], ["a_rows", "b_rows"], device)
-    return match_units(a, b, similarity, dense_limit=dense_limit, top_m=top_m, chunk_rows=chunk_rows,
+    return match_units(a, b, similarity, dense_limit=dense_limit, top_m=top_m, exact=exact, chunk_rows=chunk_rows,
                        progress=progress)
 
 
 def match_blocks(n_a: int, n_b: int, blocks: Callable[[int, int], torch.Tensor | np.ndarray], *,
-                 dense_limit: float = DENSE_LIMIT, top_m: int = TOP_M, block_rows: int | None = None,
-                 progress: bool = False) -> Matching:
+                 dense_limit: float = DENSE_LIMIT, top_m: int = TOP_M, exact: bool = False,
+                 block_rows: int | None = None, progress: bool = False) -> Matching:
     """Optimal one-to-one matching maximising the summed similarity, where the similarity
     ``S`` (n_a, n_b) is only available through a provider: ``blocks(i0, i1)`` returns
     ``S[i0:i1]`` (i1 - i0, n_b) as a tensor (any device; float64 stays float64) or array.
     ``S`` must lie in [-1, 1] (e.g. correlations). Dense while ``n_a * n_b <= dense_limit``
     (S assembled from blocks, then ``linear_sum_assignment`` on ``1 - S``); otherwise the
-    sparse candidate matching, streaming the blocks (again if ``top_m`` has to be widened) and
-    keeping only the top-m per row and per column. ``sims`` are the provider's values."""
+    sparse candidate matching, streaming the blocks (again for a widened ``top_m`` and for
+    each certification round when ``exact``, as in ``match``) and keeping only the top-m per
+    row and per column. ``sims`` are the provider's values."""
     for name, v in (("n_a", n_a), ("n_b", n_b)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise HusaiError(f"{name} must be a positive integer, got {v!r}")
     _check_options(dense_limit, top_m)
+    want_exact = _check_exact(exact)
     rows_per = block_rows or max(1, min(n_a, (32 << 20) // (8 * n_b)))
 
     def block(i0: int, i1: int) -> torch.Tensor:
@@ -396,7 +563,7 @@ def match_blocks(n_a: int, n_b: int, blocks: Callable[[int, int], torch.Tensor |
                              f"expected ({i1 - i0}, {n_b})")
         return t
 
-    if n_a * n_b <= dense_limit:
+    def dense() -> Matching:
         cost = np.empty((n_a, n_b), dtype=np.float64)
         with _tqdm(n_a, progress, "similarity blocks") as bar:
             for i0 in range(0, n_a, rows_per):
@@ -406,7 +573,10 @@ def match_blocks(n_a: int, n_b: int, blocks: Callable[[int, int], torch.Tensor |
         if not np.isfinite(cost).all():
             raise HusaiError("similarity provider returned NaN or inf")
         rows, cols = solve_dense(cost)
-        return Matching(rows, cols, 1.0 - cost[rows, cols], "dense", None, n_a * n_b)
+        return Matching(rows, cols, 1.0 - cost[rows, cols], "dense", None, n_a * n_b, True)
+
+    if n_a * n_b <= dense_limit:
+        return dense()
     probe = block(0, min(rows_per, n_a))
     dtype = torch.float64 if probe.dtype == torch.float64 else torch.float32
 
@@ -419,5 +589,9 @@ def match_blocks(n_a: int, n_b: int, blocks: Callable[[int, int], torch.Tensor |
     def candidates(m: int):
         return _pass_candidates(n_a, n_b, fill, m, False, probe.device, dtype, rows_per, progress).edges()
 
-    rows, cols, sims, m, n_edges = _solve_sparse(n_a, n_b, candidates, int(top_m), offset=3.0)
-    return Matching(rows, cols, sims, "sparse", m, n_edges)
+    def violations(x, y, bound):
+        return _pass_violations(n_a, n_b, fill, False, x, y, bound, probe.device, dtype, rows_per, progress)
+
+    rows, cols, sims, m, n_edges, certified = _solve_sparse(n_a, n_b, candidates, int(top_m), offset=3.0,
+                                                            violations=violations if want_exact else None)
+    return Matching(rows, cols, sims, "sparse", m, n_edges, certified)

@@ -248,10 +248,10 @@ def _limits(dense_limit, top_m) -> tuple[float, int]:
             _assignment.TOP_M if top_m is None else top_m)
 
 
-def _match_rows(a: Tensor, b: Tensor, dense_limit, top_m) -> _assignment.Matching:
+def _match_rows(a: Tensor, b: Tensor, dense_limit, top_m, exact: bool = False) -> _assignment.Matching:
     """Hungarian matching of unit rows on signed cosine (dense, or sparse above dense_limit)."""
     limit, m = _limits(dense_limit, top_m)
-    return _assignment.match_units(a, b, "cos", dense_limit=limit, top_m=m)
+    return _assignment.match_units(a, b, "cos", dense_limit=limit, top_m=m, exact=exact)
 
 
 def _pair_dots(a: Tensor, b: Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -355,7 +355,7 @@ def _correlation_blocks(la: _Latents, lb: _Latents, ia: np.ndarray | None = None
     return block
 
 
-def _activation_match(la: _Latents, lb: _Latents, dense_limit, top_m, ia=None, ib=None) -> float:
+def _activation_match(la: _Latents, lb: _Latents, dense_limit, top_m, ia=None, ib=None, exact: bool = False) -> float:
     """Mean matched correlation: the dense cost while it fits ``dense_limit``, else the sparse
     candidate matching streaming correlation blocks (assignment.match_blocks)."""
     limit, m = _limits(dense_limit, top_m)
@@ -366,23 +366,25 @@ def _activation_match(la: _Latents, lb: _Latents, dense_limit, top_m, ia=None, i
     n_b = lb.z.shape[1] if ib is None else len(ib)
     rows = max(1, min(n_a, CORR_BYTES // (8 * lb.z.shape[1])))
     return _assignment.match_blocks(n_a, n_b, _correlation_blocks(la, lb, ia, ib), dense_limit=limit, top_m=m,
-                                    block_rows=rows).mean
+                                    exact=exact, block_rows=rows).mean
 
 
 # --------------------------------------------------------------------------- single metrics
-def pw_mcc(dec_a: Matrix, dec_b: Matrix, *, dense_limit: float | None = None, top_m: int | None = None) -> float:
+def pw_mcc(dec_a: Matrix, dec_b: Matrix, *, dense_limit: float | None = None, top_m: int | None = None,
+           exact: bool = False) -> float:
     """PW-MCC (Song et al. 2025): Hungarian one-to-one matching of unit decoder rows on cost
     ``1 - cos`` (signed cosine); the mean matched signed cosine over ``min(d_sae_a, d_sae_b)`` pairs.
     Exact while ``d_sae_a * d_sae_b <= dense_limit`` (default ``assignment.DENSE_LIMIT``), else
-    the sparse top-``top_m`` candidate matching (``husai_core.assignment``)."""
+    the sparse top-``top_m`` candidate matching (``husai_core.assignment``), certified optimal
+    when ``exact=True`` (extra similarity passes)."""
     dev = _device_of(dec_a, dec_b, device=None)
     a, b = _unit(dec_a, "dec_a", dev), _unit(dec_b, "dec_b", dev)
     _check_same(a, b, "dec_a and dec_b")
-    return _match_rows(a, b, dense_limit, top_m).mean
+    return _match_rows(a, b, dense_limit, top_m, exact).mean
 
 
 def shared_latent_fraction(dec_a: Matrix, enc_a: Matrix, dec_b: Matrix, enc_b: Matrix, threshold: float = 0.7, *,
-                           dense_limit: float | None = None, top_m: int | None = None) -> float:
+                           dense_limit: float | None = None, top_m: int | None = None, exact: bool = False) -> float:
     """Shared-latent fraction (Paulo & Belrose 2025).
 
     Hungarian one-to-one matching of the latents on cost ``1 - cos`` of the unit decoder rows
@@ -390,7 +392,7 @@ def shared_latent_fraction(dec_a: Matrix, enc_a: Matrix, dec_b: Matrix, enc_b: M
     shared when its decoder cosine and its encoder cosine (encoder rows ``(d_sae, d_in)``, i.e.
     W_enc transposed, unit-normalised, signed) are both strictly greater than ``threshold``,
     as in the paper ("greater than 0.7 according to both the encoder and decoder weights").
-    Value = shared pairs / ``min(d_sae_a, d_sae_b)``. ``dense_limit``/``top_m``: as in ``pw_mcc``.
+    Value = shared pairs / ``min(d_sae_a, d_sae_b)``. ``dense_limit``/``top_m``/``exact``: as in ``pw_mcc``.
     """
     thr = _check_thresholds([threshold])[0]
     dev = _device_of(dec_a, enc_a, dec_b, enc_b, device=None)
@@ -401,7 +403,7 @@ def shared_latent_fraction(dec_a: Matrix, enc_a: Matrix, dec_b: Matrix, enc_b: M
     for d, e, s in ((da, ea, "a"), (db, eb, "b")):
         if d.shape[0] != e.shape[0]:
             raise HusaiError(f"dec_{s} has {d.shape[0]} rows but enc_{s} has {e.shape[0]} (both must be (d_sae, d))")
-    m = _match_rows(da, db, dense_limit, top_m)
+    m = _match_rows(da, db, dense_limit, top_m, exact)
     return _shared(da, db, ea, eb, m.rows, m.cols, thr)
 
 
@@ -410,15 +412,18 @@ def _shared(da, db, ea, eb, rows, cols, thr) -> float:
     return float(shared.sum() / len(rows))
 
 
-def activation_mcc(z_a: Matrix, z_b: Matrix, *, dense_limit: float | None = None, top_m: int | None = None) -> float:
+def activation_mcc(z_a: Matrix, z_b: Matrix, *, dense_limit: float | None = None, top_m: int | None = None,
+                   exact: bool = False) -> float:
     """Activation matching: Pearson correlation (float64) between every latent (column) of
     ``z_a`` and of ``z_b`` (both (n_rows, d_sae), the SAEs' latents on the same rows; a column
     constant on these rows correlates 0 with everything), Hungarian one-to-one matching on cost
     ``1 - corr``; the mean matched correlation over ``min(d_sae_a, d_sae_b)`` pairs. Above
     ``dense_limit`` the correlation blocks are streamed and only the top-``top_m`` per latent
-    kept (sparse candidate matching, ``husai_core.assignment.match_blocks``)."""
+    kept (sparse candidate matching, ``husai_core.assignment.match_blocks``; ``exact=True``
+    certifies it optimal, streaming the blocks again)."""
     dev = _device_of(z_a, z_b, device=None)
-    return _activation_match(_latent_stats(z_a, "z_a", dev), _latent_stats(z_b, "z_b", dev), dense_limit, top_m)
+    return _activation_match(_latent_stats(z_a, "z_a", dev), _latent_stats(z_b, "z_b", dev), dense_limit, top_m,
+                             exact=exact)
 
 
 # --------------------------------------------------------------------------- the family
@@ -442,7 +447,8 @@ def _scope_values(c: np.ndarray, pa: _Prep, pb: _Prep, ia, ib, thr: float, act_c
     return out
 
 
-def _scope_values_large(pa: _Prep, pb: _Prep, ia, ib, thr: float, limit: float, top_m: int) -> dict[str, float]:
+def _scope_values_large(pa: _Prep, pb: _Prep, ia, ib, thr: float, limit: float, top_m: int,
+                        exact: bool = False) -> dict[str, float]:
     """``_scope_values`` without any d_sae x d_sae matrix: PWMCC (both forms) from one tiled
     extrema pass, one (sparse above ``limit``) matching for pw_mcc and shared, and activation
     matching on streamed correlation blocks."""
@@ -453,16 +459,16 @@ def _scope_values_large(pa: _Prep, pb: _Prep, ia, ib, thr: float, limit: float, 
     ext = _assignment.extrema(da, db)
     out = {"pwmcc": _assignment.pwmcc_from_extrema(*ext, signed=False),
            "pwmcc_signed": _assignment.pwmcc_from_extrema(*ext, signed=True)}
-    m = _assignment.match_units(da, db, "cos", dense_limit=limit, top_m=top_m)  # one solve for pw_mcc and shared
+    m = _assignment.match_units(da, db, "cos", dense_limit=limit, top_m=top_m, exact=exact)  # pw_mcc and shared
     out["pw_mcc"] = m.mean
     out["shared_latent"] = _shared(da, db, ea, eb, m.rows, m.cols, thr)
     if pa.lat is not None and pb.lat is not None:
-        out["activation_mcc"] = _activation_match(pa.lat, pb.lat, limit, top_m, ia, ib)
+        out["activation_mcc"] = _activation_match(pa.lat, pb.lat, limit, top_m, ia, ib, exact)
     return out
 
 
 def _pair_values(pa: _Prep, pb: _Prep, thr: float, names: tuple[str, str] = ("a", "b"),
-                 dense_limit: float | None = None, top_m: int | None = None) -> dict[str, float]:
+                 dense_limit: float | None = None, top_m: int | None = None, exact: bool = False) -> dict[str, float]:
     _check_same(pa.dec, pb.dec, f"{names[0]}.decoder and {names[1]}.decoder")
     _check_same(pa.enc, pb.enc, f"{names[0]}.encoder and {names[1]}.encoder")
     for p, nm in zip((pa, pb), names):
@@ -474,7 +480,7 @@ def _pair_values(pa: _Prep, pb: _Prep, thr: float, names: tuple[str, str] = ("a"
         act_cost = None if pa.lat is None or pb.lat is None else _correlation_cost(pa.lat, pb.lat)
         scope = lambda ia, ib: _scope_values(c, pa, pb, ia, ib, thr, act_cost)  # noqa: E731
     else:
-        scope = lambda ia, ib: _scope_values_large(pa, pb, ia, ib, thr, limit, m)  # noqa: E731
+        scope = lambda ia, ib: _scope_values_large(pa, pb, ia, ib, thr, limit, m, exact)  # noqa: E731
     everything = scope(None, None)
     if len(pa.alive) == pa.dec.shape[0] and len(pb.alive) == pb.dec.shape[0]:
         alive = everything  # nothing dead: the alive scope is the same computation
@@ -484,19 +490,20 @@ def _pair_values(pa: _Prep, pb: _Prep, thr: float, names: tuple[str, str] = ("a"
 
 
 def pair_family(a: SAEView, b: SAEView, threshold: float = 0.7, *, dense_limit: float | None = None,
-                top_m: int | None = None) -> dict[str, float]:
+                top_m: int | None = None, exact: bool = False) -> dict[str, float]:
     """Every metric of ``METRICS`` in every scope of ``SCOPES`` for one pair of SAEs.
 
     Keys ``"<metric>/<scope>"`` (e.g. ``"pw_mcc/alive"``); ``activation_mcc/*`` only when both
     views carry latents. One Hungarian solve per scope serves pw_mcc and shared_latent (both
     match on decoder signed cosine). Raises ``HusaiError`` if a view has no alive latent.
     Above ``d_sae_a * d_sae_b > dense_limit`` (default ``assignment.DENSE_LIMIT``) no
-    d_sae x d_sae matrix is built: tiled PWMCC maxima, sparse top-``top_m`` matchings.
+    d_sae x d_sae matrix is built: chunked PWMCC extrema, sparse top-``top_m`` matchings
+    (certified optimal with ``exact=True``).
     """
     thr = _check_thresholds([threshold])[0]
     dev = _device_of(a.decoder, device=None) if isinstance(a, SAEView) else torch.device("cpu")
     return _pair_values(_prepare_view(a, "a", dev), _prepare_view(b, "b", dev), thr,
-                        dense_limit=dense_limit, top_m=top_m)
+                        dense_limit=dense_limit, top_m=top_m, exact=exact)
 
 
 def _check_pairs(pairs: Iterable[Sequence[int]] | None, n: int) -> list[tuple[int, int]]:
@@ -516,12 +523,12 @@ def _check_pairs(pairs: Iterable[Sequence[int]] | None, n: int) -> list[tuple[in
 
 def family_matrices(views: Sequence[SAEView], threshold: float = 0.7, progress: bool = False,
                     pairs: Iterable[Sequence[int]] | None = None, *, dense_limit: float | None = None,
-                    top_m: int | None = None) -> dict[str, np.ndarray]:
+                    top_m: int | None = None, exact: bool = False) -> dict[str, np.ndarray]:
     """For each key of ``pair_family`` an ``(n, n)`` symmetric float64 matrix, 1.0 on the
     diagonal and NaN for pairs not computed. ``pairs``: the (i, j) pairs to compute (default
     all i < j). Each view is validated and row-normalised once. Activation keys are present
     when at least two views carry latents (NaN for pairs where one does not).
-    ``dense_limit``/``top_m``: as in ``pair_family``."""
+    ``dense_limit``/``top_m``/``exact``: as in ``pair_family``."""
     from tqdm.auto import tqdm
 
     if isinstance(views, SAEView):
@@ -539,6 +546,6 @@ def family_matrices(views: Sequence[SAEView], threshold: float = 0.7, progress: 
         np.fill_diagonal(m, 1.0)
     for i, j in tqdm(todo, disable=not progress, desc="SAE pairs"):
         for k, v in _pair_values(preps[i], preps[j], thr, (f"views[{i}]", f"views[{j}]"),
-                                 dense_limit=dense_limit, top_m=top_m).items():
+                                 dense_limit=dense_limit, top_m=top_m, exact=exact).items():
             out[k][i, j] = out[k][j, i] = v
     return out

@@ -154,6 +154,57 @@ def test_progress_flag(capsys):
     assert "similarity blocks" in capsys.readouterr().err
 
 
+# --------------------------------------------------------------------------- certificate (exact=True)
+@pytest.mark.parametrize("similarity", ["cos", "abs_cos"])
+@pytest.mark.parametrize("n_a, n_b", [(150, 150), (90, 200), (200, 90)])
+def test_certified_sparse_is_the_dense_optimum(similarity, n_a, n_b):
+    rng = np.random.default_rng(n_a + n_b)
+    a, b = rng.normal(size=(n_a, 6)), rng.normal(size=(n_b, 6))  # random: top-1 candidates are not enough
+    best, _, _ = dense_optimum(a, b, signed=similarity == "cos")
+    plain = match(a, b, similarity, dense_limit=0, top_m=1)
+    exact = match(a, b, similarity, dense_limit=0, top_m=1, exact=True)
+    assert plain.certified is None and plain.sims.sum() <= best + 1e-6
+    if n_a == n_b:  # here the candidates missed the optimum; violating pairs had to join them
+        assert plain.sims.sum() < best - 1e-3 and exact.n_edges > plain.n_edges
+    assert exact.method == "sparse" and exact.certified is True
+    assert exact.sims.sum() == pytest.approx(best, abs=1e-5)
+
+
+def test_dual_potentials_are_feasible_and_tight():
+    rng = np.random.default_rng(11)
+    n_a, n_b = 40, 60
+    s = rng.uniform(-1, 1, size=(n_a, n_b))
+    keep = rng.uniform(size=s.shape) < 0.3
+    keep[np.arange(n_a), rng.permutation(n_b)[:n_a]] = True  # a full matching exists
+    r, c = np.nonzero(keep)
+    v = s[r, c]
+    rows, cols, _ = asg._lapjvsp(n_a, n_b, r, c, v, 3.0)
+    x, y = asg._dual_offsets(n_a, n_b, r, c, 3.0 - v, rows, cols)
+    # the certificate's form of u + v <= w: S - x - y <= offset on candidates, = on matched pairs
+    lhs = v - x[r] - y[c]
+    assert np.all(lhs <= 3.0 + 1e-9)
+    matched = np.isin(r * n_b + c, rows * n_b + cols)
+    np.testing.assert_allclose(lhs[matched], 3.0, atol=1e-9)
+    # the matching over the candidates is optimal: its weight equals the LP optimum on them
+    masked = np.where(keep, 3.0 - s, 1e9)
+    rr, cc = linear_sum_assignment(masked)
+    assert (3.0 - v[matched]).sum() == pytest.approx(masked[rr, cc].sum(), abs=1e-9)
+
+
+def test_certified_provider_and_metrics():
+    rng = np.random.default_rng(12)
+    corr = np.tanh(rng.normal(size=(80, 100)))
+    r, c = linear_sum_assignment(-corr)
+    got = match_blocks(80, 100, lambda i0, i1: corr[i0:i1], dense_limit=0, top_m=1, exact=True, block_rows=7)
+    assert got.certified is True
+    assert got.sims.sum() == pytest.approx(corr[r, c].sum(), abs=1e-9)
+    a, b = rng.normal(size=(120, 5)), rng.normal(size=(120, 5))
+    assert pw_mcc(a, b, dense_limit=0, top_m=1, exact=True) == pytest.approx(pw_mcc(a, b), abs=1e-7)
+    res = hungarian_match(a, b, dense_limit=0, top_m=1, exact=True)
+    assert res.certified is True
+    assert res.mean_similarity == pytest.approx(hungarian_match(a, b).mean_similarity, abs=1e-7)
+
+
 # --------------------------------------------------------------------------- provider variant
 def test_match_blocks_dense_and_sparse_agree_with_linear_sum_assignment():
     rng = np.random.default_rng(6)
@@ -196,7 +247,8 @@ def test_activation_and_decoder_metrics_scale_path_equals_dense_path():
     for k in dense:
         assert large[k] == pytest.approx(dense[k], abs=1e-6), k
     assert pw_mcc(base, dec_b, dense_limit=0) == pytest.approx(pw_mcc(base, dec_b), abs=1e-12)
-    assert shared_latent_fraction(base, base, dec_b, dec_b, dense_limit=0) == shared_latent_fraction(base, base, dec_b, dec_b)
+    shared = shared_latent_fraction(base, base, dec_b, dec_b)
+    assert shared_latent_fraction(base, base, dec_b, dec_b, dense_limit=0) == shared
     zd_a, zd_b = rng.normal(size=(200, 30)), rng.normal(size=(200, 30))  # dense latents: standardised path
     zd_b[:, :30] += 3 * zd_a[:, rng.permutation(30)]
     assert activation_mcc(zd_a, zd_b, dense_limit=0, top_m=3) == pytest.approx(activation_mcc(zd_a, zd_b), abs=1e-12)
@@ -236,6 +288,7 @@ def test_tiled_maxima_and_extrema_equal_dense():
     ({"top_m": 0}, "top_m must be a positive integer"),
     ({"top_m": 2.5}, "top_m must be a positive integer"),
     ({"dense_limit": -1}, "dense_limit must be"),
+    ({"exact": "yes"}, "exact must be True or False"),
 ])
 def test_bad_options_raise_one_line(kwargs, msg):
     a = np.eye(3)

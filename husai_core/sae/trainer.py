@@ -108,6 +108,8 @@ def input_scale(x: Tensor) -> float:
     """SAELens ``expected_average_only_in``: the factor that makes mean ||x||^2 equal d_in.
     An activation source (``husai_core.sources``) is read in chunks."""
     ms = mean_sq_norm(x) if is_source(x) else float(x.double().pow(2).sum(-1).mean())
+    if not math.isfinite(ms):
+        raise HusaiError("activations contain NaN or infinite values")
     if not ms > 0:
         raise HusaiError("cannot normalise activations whose mean squared norm is 0")
     return math.sqrt(x.shape[-1] / ms)
