@@ -108,7 +108,7 @@ def compare_conditions(views: dict[str, list[SAEView]], reference: str, nulls: S
             else:
                 p = bootstrap_difference_p(within[reference][key], within[null][key], n_resamples, seed=stats_seed)
                 test = {"test": "bootstrap over seeds (no cross-condition pairs)", "p_value": p}
-            v = verdict(t_boot, n_boot, p, alpha=alpha)
+            v = verdict(t_boot, n_boot, p, alpha=alpha, null_name=null)
             tests[null][key] = {**test, "lcb": conservative_lcb(t_boot, n_boot), "difference": v.difference,
                                 "ratio": v.ratio, "verdict": v.label, "explanation": v.explanation}
     strongest = {}

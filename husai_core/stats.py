@@ -265,7 +265,7 @@ class Verdict:
 
 
 def verdict(trained_boot: BootstrapResult, random_boot: BootstrapResult,
-            permutation: PermutationResult | float, alpha: float = 0.05) -> Verdict:
+            permutation: PermutationResult | float, alpha: float = 0.05, null_name: str = "random") -> Verdict:
     """Decide trained-vs-random from the seed-level evidence.
 
     Rule (both seed-level tests must agree before a claim is made):
@@ -283,12 +283,12 @@ def verdict(trained_boot: BootstrapResult, random_boot: BootstrapResult,
     lcb = conservative_lcb(trained_boot, random_boot)
     tm, rm = trained_boot.mean, random_boot.mean
     ratio = tm / rm if rm != 0 else math.inf
-    nums = (f"trained {tm:.4f} [{trained_boot.ci_low:.4f}, {trained_boot.ci_high:.4f}] vs random {rm:.4f} "
+    nums = (f"trained {tm:.4f} [{trained_boot.ci_low:.4f}, {trained_boot.ci_high:.4f}] vs {null_name} {rm:.4f} "
             f"[{random_boot.ci_low:.4f}, {random_boot.ci_high:.4f}], LCB {lcb:+.4f}, permutation p {p:.3g}")
     if lcb > 0 and p < alpha:
-        label, why = PRESENT, f"trained dictionaries agree more than random ones ({nums})."
+        label, why = PRESENT, f"trained dictionaries agree more than {null_name} ones ({nums})."
     elif p >= alpha and tm <= random_boot.ci_high:
-        label, why = ABSENT, f"trained agreement is within the random range ({nums})."
+        label, why = ABSENT, f"trained agreement is within the {null_name} range ({nums})."
     else:
         label, why = INCONCLUSIVE, f"the seed-level evidence is mixed at alpha {alpha} ({nums})."
     return Verdict(label, tm, rm, ratio, tm - rm, lcb, p, float(alpha), why)
