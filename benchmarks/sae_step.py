@@ -32,7 +32,9 @@ same 65,536 structured rows (``structured_rows``), batch 4096, fp32 CPU, same st
 Both sides are warmed up once per size (a 2-step call) and then timed round-robin
 (ours, sae_lens, ours, ...); ratio = sae_lens seconds / ours seconds (medians over rounds;
 also the median of the per-round ratios, the ratio of the min times and of process CPU times).
-``--skip-step`` keeps the step results already in ``--out`` and only (re)writes the ``fit`` key.
+``--skip-step`` keeps the step results already in ``--out`` and only (re)writes the ``fit`` key;
+fit cells (size, steps) not run this time keep their earlier results (each cell records when it
+was measured and the load average around it).
 """
 
 from __future__ import annotations
@@ -199,11 +201,13 @@ def bench_fit(d_in: int, d_sae: int, k: int, steps: int, rounds: int, x: torch.T
     cfg = fit_config(d_in, d_sae, k, steps)
     methods = {"ours": fit_ours, "sae_lens": fit_sae_lens}
     runs: dict[str, list[dict]] = {m: [] for m in methods}
+    load_before = _loadavg()
     for _ in range(rounds):
         for name, fn in methods.items():
             runs[name].append(fn(cfg, x))
     res: dict = {"d_in": d_in, "d_sae": d_sae, "k": k, "steps": steps, "batch": BATCH, "rows": x.shape[0],
-                 "rounds": rounds}
+                 "rounds": rounds, "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+                 "loadavg_before": load_before, "loadavg_after": _loadavg()}
     for name, rs in runs.items():
         tot = [r["total_s"] for r in rs]
         res[name] = {"median_s": statistics.median(tot), "min_s": min(tot), "all_s": tot,
@@ -335,9 +339,14 @@ def main() -> None:
         rounds = dict(tuple(int(v) for v in item.split(":")) for item in args.fit_rounds.split(",") if item)
         fit_machine = {**machine_now(), "loadavg_at_start": os.getloadavg() if load is not None else None}
 
+        kept = [r for r in previous.get("fit", {}).get("results", [])]
+
         def save(fit: dict) -> None:  # after every cell, so a long run leaves its finished cells
             fit_machine["loadavg_at_end"] = os.getloadavg() if load is not None else None
-            out["fit"] = {**fit, "machine": fit_machine}
+            new = {_cell(r) for r in fit["results"]}  # cells not run this time keep their earlier results
+            merged = [r for r in kept if _cell(r) not in new] + fit["results"]
+            merged.sort(key=lambda r: (r["steps"], r["d_in"]))
+            out["fit"] = {**fit, "results": merged, "machine": fit_machine}
             write_json(args.out, out)
 
         save(run_fit(sizes, [int(v) for v in args.fit_steps.split(",")], rounds, on_result=save))
@@ -345,6 +354,17 @@ def main() -> None:
         out["fit"] = previous["fit"]
     write_json(args.out, out)
     print(f"wrote {args.out}")
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def _cell(r: dict) -> tuple:
+    return (r["d_in"], r["d_sae"], r["k"], r["steps"])
 
 
 def machine_now() -> dict:
