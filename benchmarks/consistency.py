@@ -61,6 +61,7 @@ OUT = Path(__file__).resolve().parent / "results" / "consistency.json"
 MiB = 1 << 20
 PWMCC_CASES = [(1024, 128), (4096, 128), (16384, 128), (1024, 512), (2048, 512), (4096, 512), (8192, 512),
                (16384, 512)]
+PARTS = {"pwmcc": "pwmcc", "matrix": "pwmcc_matrix", "hungarian": "hungarian", "gap": "sparse_gap", "large": "large"}
 MATRIX_CASES = [(8, 1024, 128), (8, 4096, 128)]  # (seeds, d_sae, d_in) for pwmcc_matrix
 HUNGARIAN_CASES = [(1024, 512), (4096, 512), (8192, 512), (16384, 768)]
 GAP_CASES = [(4096, 512), (16384, 768)]
@@ -329,24 +330,23 @@ def part_large(pwmcc_sizes, hungarian_cases, d: int) -> dict:
 
 def targets(res: dict) -> dict:
     t = {}
-    t["pwmcc_min_speedup_where_dense_fits"] = min(r["speedup"] for r in res["pwmcc"])
-    t["pwmcc_ge_1x_everywhere"] = all(r["speedup"] >= 1.0 for r in res["pwmcc"])
-    t["pwmcc_min_speedup_best_of_repeats"] = min(r["speedup_best"] for r in res["pwmcc"])
-    t["hungarian_min_speedup_where_dense_fits"] = min(r["speedup"] for r in res["hungarian"])
-    t["hungarian_ge_1x_everywhere"] = all(r["speedup"] >= 1.0 for r in res["hungarian"])
-    t["hungarian_min_speedup_best_of_repeats"] = min(r["speedup_best"] for r in res["hungarian"])
-    big = [r for r in res["large"]["hungarian"] if r["d_sae"] == 65536 and not r["exact"]]
+    for part in ("pwmcc", "hungarian"):
+        if res.get(part):
+            t[f"{part}_min_speedup_where_dense_fits"] = min(r["speedup"] for r in res[part])
+            t[f"{part}_ge_1x_everywhere"] = all(r["speedup"] >= 1.0 for r in res[part])
+            t[f"{part}_min_speedup_best_of_repeats"] = min(r["speedup_best"] for r in res[part])
+    big = [r for r in (res.get("large") or {}).get("hungarian", []) if r["d_sae"] == 65536 and not r["exact"]]
     if big:
         t["hungarian_65536_seconds"] = {r["decoders"]: r["seconds"] for r in big}
         t["hungarian_65536_peak_rss_gib"] = {r["decoders"]: r["peak_rss_mib"] / 1024 for r in big}
         t["hungarian_65536_le_10min_and_lt_8gb"] = all(r["seconds"] <= 600 and r["peak_rss_mib"] < 8 * 1024
                                                       for r in big)
-    gap16 = [r for r in res["sparse_gap"] if r["d_sae"] == 16384 and r["top_m"] == assignment.TOP_M
+    gap16 = [r for r in res.get("sparse_gap", []) if r["d_sae"] == 16384 and r["top_m"] == assignment.TOP_M
              and not r["exact"]]
     if gap16:
         t["gap_16384_default_top_m"] = {r["decoders"]: r["gap"] for r in gap16}
         t["gap_16384_within_0.005"] = all(abs(r["gap"]) <= 0.005 for r in gap16)
-    cert = [r for r in res["sparse_gap"] if r["exact"]]
+    cert = [r for r in res.get("sparse_gap", []) if r["exact"]]
     t["certified_sparse_max_abs_gap"] = max(abs(r["gap"]) for r in cert) if cert else None
     return t
 
@@ -355,7 +355,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the script (does not write the JSON)")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help="comma-separated parts to (re)measure, of " + ", ".join(PARTS) + "; the others are kept "
+                         "from the existing JSON (each part records when it was measured in parts_measured_utc)")
     args = ap.parse_args()
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if set(parts) - set(PARTS) or not parts:
+        ap.error(f"--parts must name some of {', '.join(PARTS)}, got {args.parts!r}")
     if args.child:
         child_main(json.loads(args.child))
         return
@@ -363,12 +369,22 @@ def main() -> None:
     t_start = time.perf_counter()
     info = machine()
     log(f"machine: {info['cpu']} ({info['cores']} cores), nice {info['nice']}")
-    res = {"pwmcc": part_pwmcc(q["pwmcc"] if q else PWMCC_CASES)}
-    res["pwmcc_matrix"] = part_matrix(q["matrix"] if q else MATRIX_CASES)
-    res["hungarian"] = part_hungarian(q["hungarian"] if q else HUNGARIAN_CASES)
-    res["sparse_gap"] = part_gap(q["gap"] if q else GAP_CASES, res["hungarian"])
-    res["large"] = part_large(q["large_pwmcc"] if q else LARGE_PWMCC, q["large_hungarian"] if q else LARGE_HUNGARIAN,
-                              q["d_in"] if q else LARGE_D_IN)
+    old = json.loads(OUT.read_text()) if OUT.is_file() and not q else {}
+    res = {key: old[key] for key in PARTS.values() if key in old}
+    measured = dict(old.get("parts_measured_utc") or {key: old.get("created_utc") for key in res})
+    if "pwmcc" in parts:
+        res["pwmcc"] = part_pwmcc(q["pwmcc"] if q else PWMCC_CASES)
+    if "matrix" in parts:
+        res["pwmcc_matrix"] = part_matrix(q["matrix"] if q else MATRIX_CASES)
+    if "hungarian" in parts:
+        res["hungarian"] = part_hungarian(q["hungarian"] if q else HUNGARIAN_CASES)
+    if "gap" in parts:
+        res["sparse_gap"] = part_gap(q["gap"] if q else GAP_CASES, res.get("hungarian", []))
+    if "large" in parts:
+        res["large"] = part_large(q["large_pwmcc"] if q else LARGE_PWMCC,
+                                  q["large_hungarian"] if q else LARGE_HUNGARIAN, q["d_in"] if q else LARGE_D_IN)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    measured.update({PARTS[p]: now for p in parts})
     info["loadavg_end"] = list(os.getloadavg())
     info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "runtime default")
     doc = {
@@ -397,6 +413,7 @@ def main() -> None:
             " are inflated and noisy, ratios come from interleaved calls",
         ],
         **res,
+        "parts_measured_utc": measured,
         "total_runtime_s": time.perf_counter() - t_start,
     }
     doc["targets"] = targets(doc)

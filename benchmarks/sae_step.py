@@ -11,7 +11,7 @@ Methods, each a full training step on one fp32 batch of 4096 rows, all CPU threa
   firing statistics, backward, grad-norm clipping, Adam, schedulers.
 - ``floor``: what any TopK SAE step must at least do: the dense encoder matmul + top-k
   selection (forward only, no gradients, no update), with the same exact top-k routine our
-  step uses (``husai_core.sae.select.topk_last``); ``floor_torch_topk`` is the same with
+  step uses (``husai_core.sae.topk_kernel.topk_last``); ``floor_torch_topk`` is the same with
   ``torch.topk``, for reference.
 The methods are timed round-robin (one step each per round) so that load from other
 processes hits them alike; we report the median over rounds after warm-up. The seed-batched
@@ -22,7 +22,7 @@ same 65,536 structured rows (``structured_rows``), batch 4096, fp32 CPU, same st
 - ``ours``: ``husai_core.sae.train_sae(cfg, x, seed)``, wall clock of the call: input checks,
   input normalisation (scale factor, scaled copy), b_dec geometric-median init, every step
   (logging every ``log_every`` steps), folding, the final ``evaluate_sae`` metrics (on
-  ``trainer.FINAL_EVAL_ROWS`` = 8192 evenly spaced rows of the 65,536) and the history table.
+  ``trainer.data.FINAL_EVAL_ROWS`` = 8192 evenly spaced rows of the 65,536) and the history table.
 - ``sae_lens``: ``husai_core.sae.saelens_backend.fit_saelens(cfg, x * scale, seed)``, wall clock
   of the input normalisation (``training_scale`` and the scaled copy, as ``train_saelens`` does
   it; our default ``normalize_activations="expected_average_only_in"``) and the call: input
@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 from husai_core.io import read_json, write_json  # noqa: E402
 from husai_core.sae import SAEConfig, build_sae, probe_modes, train_sae  # noqa: E402
-from husai_core.sae.select import topk_last  # noqa: E402
+from husai_core.sae.topk_kernel import topk_last  # noqa: E402
 from husai_core.sae.trainer import make_optimizer, train_step  # noqa: E402
 
 SIZES = [(128, 1024, 32), (512, 4096, 64)]

@@ -8,7 +8,6 @@ The metadata is written last, so a folder without it is an incomplete cache.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from .errors import HusaiError
 from .io import load_tensors, read_json, save_tensors, write_json
+from .sources.layouts import _foreign_files, _read_rows
 
 if TYPE_CHECKING:  # importing transformer_lens costs seconds; sweep workers only read caches
     from transformer_lens import HookedTransformer
@@ -120,42 +120,7 @@ def load_cache(folder: str | Path) -> ActivationCache:
 
 
 # ---------------------------------------------------------------- foreign caches
-
-def _foreign_files(folder: Path, hook: str | None) -> list[tuple[str, str, Path]]:
-    """(dataset, hook, path) for files named ``<dataset>_<hook>.pt`` / ``.safetensors``."""
-    if not folder.is_dir():
-        raise HusaiError(f"missing activation folder: {folder}")
-    found = []
-    for path in sorted(folder.iterdir()):
-        m = re.match(r"^(?P<dataset>.+?)_(?P<hook>(blocks\.\d+\.)?hook_[\w.]+|blocks\.\d+\.[\w.]+)\.(pt|safetensors)$", path.name)
-        if m and (hook is None or m["hook"] == hook):
-            found.append((m["dataset"], m["hook"], path))
-    if not found:
-        raise HusaiError(f"no activation files{f' for hook {hook!r}' if hook else ''} in {folder} "
-                         "(expected names like <dataset>_blocks.0.hook_resid_pre.pt)")
-    hooks = {h for _, h, _ in found}
-    if len(hooks) > 1:
-        raise HusaiError(f"{folder} holds several hooks {sorted(hooks)}; pass hook= to choose one")
-    return found
-
-
-def _read_rows(path: Path) -> torch.Tensor:
-    try:
-        if path.suffix == ".safetensors":
-            tensors = load_tensors(path)
-            obj = tensors[next(iter(tensors))] if len(tensors) == 1 else tensors.get("activations")
-        else:  # mmap keeps large files out of memory until rows are touched
-            obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except HusaiError:
-        raise
-    except Exception as exc:  # torch raises many types for a damaged pickle/zip
-        raise HusaiError(f"corrupt activation file {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
-    if isinstance(obj, dict):
-        obj = obj.get("activations", next((v for v in obj.values() if torch.is_tensor(v)), None))
-    if not torch.is_tensor(obj) or obj.ndim < 2:
-        raise HusaiError(f"activation file {path} holds no (rows, d) or (rows, seq, d) tensor")
-    return obj.reshape(-1, obj.shape[-1])
-
+# (the file names and readers of a foreign folder live with the sources that stream them)
 
 def iter_foreign_folder(
     folder: str | Path,

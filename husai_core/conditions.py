@@ -22,10 +22,12 @@ from typing import Any
 import torch
 
 from .errors import HusaiError
-from .experiments import SeedSAE, config_id, train_or_load_saes
 from .metrics import evaluate_sae
 from .nulls import NULLS, check_null, gaussian_matched_rows, random_transformer_activations
 from .sae import SAEConfig, build_sae
+from .sources import INIT_MAX_ROWS, eval_rows, evenly_spaced, heldout_rows
+from .sources.rows import _available_memory
+from .store import SeedSAE, config_id, train_or_load_saes
 
 CONDITIONS = ("trained",) + NULLS
 
@@ -106,14 +108,61 @@ def untrained_saes(cfg: SAEConfig, data: ConditionData, seeds: list[int]) -> lis
 def train_or_load_condition(artifacts: str | Path, layout: str, hook: str, cfg: SAEConfig,
                             data: ConditionData, seeds: list[int], backend: str = "husai",
                             snapshot_steps: tuple[int, ...] = (), progress: bool = False,
-                            device: str = "auto") -> list[SeedSAE]:
-    """The SAEs of one condition for ``seeds`` (trained or loaded; isotropic: built)."""
+                            device: str = "auto", load_only: bool = False) -> list[SeedSAE]:
+    """The SAEs of one condition for ``seeds`` (trained or loaded; isotropic: built).
+    ``load_only``: never train; a missing or stale checkpoint is a HusaiError naming it."""
     if data.name == "isotropic":
         return untrained_saes(cfg, data, seeds)
     folder = condition_dir(artifacts, layout, hook, cfg, data.name, backend)
     return train_or_load_saes(folder, cfg, data.train, seeds, progress=progress, device=device, backend=backend,
-                              snapshot_steps=snapshot_steps if backend == "husai" else (), heldout=data.heldout)
+                              snapshot_steps=snapshot_steps if backend == "husai" else (), heldout=data.heldout,
+                              load_only=load_only)
+
+
+
+# ---------------------------------------------------------------- conditions from an activation source
+
+def source_condition_data(name: str, source: Any, split: tuple[torch.Tensor, torch.Tensor], *,
+                          data_seed: int = 0) -> Any:
+    """``ConditionData`` of condition ``name`` for rows read from a source.
+
+    ``trained``: training rows are a lazy view of the source (the trainer streams them); the
+    held-out rows are read into memory (``heldout_rows``: all of them up to EVAL_MAX_BYTES,
+    else an evenly spaced subset). ``gaussian_matched``: fitted on all training rows and drawn
+    in memory exactly as for our cache (``nulls.gaussian_matched_rows``: n_rows x d_in float32,
+    ~3x that while drawing; refused with a clear error when that exceeds the free memory).
+    ``isotropic`` (untrained SAEs): the <= 8192 evenly spaced training rows their b_dec init
+    reads. ``random_transformer`` needs the transformer that made the activations: refused.
+    """
+    train_idx, held_idx = split
+    where = source.describe()
+    if name == "trained":
+        return ConditionData(name, source.subset(train_idx), heldout_rows(source, held_idx),
+                             f"activations streamed from {where}")
+    if name == "isotropic":
+        rows = source.take(train_idx[evenly_spaced(len(train_idx), INIT_MAX_ROWS)])
+        return ConditionData(name, rows, heldout_rows(source, held_idx),
+                             "no training: our initialisation (i.i.d. isotropic decoder rows)")
+    if check_null(name) != "gaussian_matched":
+        raise HusaiError(f"the {name} null needs the transformer that made the activations; it does not exist for "
+                         f"foreign activations ({where})")
+    n, d = source.shape
+    need, free = 12 * n * d + 4 * len(train_idx) * d, _available_memory()
+    if free is not None and need > free:
+        raise HusaiError(f"the gaussian_matched null of {n:,} x {d} rows needs ~{need / 2**30:.1f} GiB in memory, "
+                         f"{free / 2**30:.1f} GiB are free; drop it from the nulls for this source")
+    fit = source.take(train_idx)
+    rows = gaussian_matched_rows(fit, seed=data_seed, n_rows=n)
+    del fit
+    return ConditionData(name, rows[train_idx], _held_like(rows, source, held_idx),
+                         f"Gaussian rows with the activations' mean and covariance (data seed {data_seed})")
+
+
+def _held_like(rows: torch.Tensor, source: Any, held_idx: torch.Tensor) -> torch.Tensor:
+    """Held-out rows of an in-memory null, capped like the source's (same count, same positions)."""
+    held_idx = torch.as_tensor(held_idx)
+    return rows[held_idx[evenly_spaced(len(held_idx), eval_rows(len(held_idx), source.shape[1]))]]
 
 
 __all__ = ["CONDITIONS", "ConditionData", "heldout_split", "condition_data", "condition_dir", "untrained_saes",
-           "train_or_load_condition"]
+           "train_or_load_condition", "source_condition_data"]

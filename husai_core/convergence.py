@@ -1,13 +1,13 @@
 """Consistency against training steps, and whether it has plateaued.
 
-Training keeps each SAE after log-spaced step counts (``trainer.log_spaced_steps``: 25, 50,
-100, ... and the last step). For every condition and every kept step this recomputes the
+Training keeps each SAE after log-spaced step counts (``trainer.log_spaced_steps``: the last
+step S, S // 2, S // 4, ... down to ``snapshot_first``). For every condition and every kept step this recomputes the
 whole metric family over the seed pairs and the held-out EV, so a consistency number can be
 read beside how far training had got.
 
 Plateau criterion (stated in every report): the last doubling of steps moved the mean PWMCC
 by less than ``tol`` (default 0.01), i.e. ``|PWMCC(S) - PWMCC(S')| < tol`` where S is the
-final step and S' the largest kept step <= S / 2.
+final step and S' the largest kept step <= S / 2 (S // 2 itself with the default snapshots).
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
@@ -27,13 +26,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def set_threads(n: int | None) -> None:
-    """Limit intra-op threads (sweep workers must not fight over the cores)."""
-    if n:
-        torch.set_num_threads(int(n))
-        os.environ["OMP_NUM_THREADS"] = str(int(n))
 
 
 def describe_device(device: torch.device) -> str:

@@ -49,17 +49,28 @@ def _pair(x: Any, x_hat: Any) -> tuple[Tensor, Tensor]:
     return a, b.to(a.device)
 
 
+def ev_from_variances(resid: Tensor, total: Tensor) -> Tensor:
+    """The one EV formula: 1 - (summed residual variance) / (summed variance of x)."""
+    return 1.0 - resid / total.clamp_min(1e-300)
+
+
+def batch_explained_variance(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Explained variance over the rows (dim -2) of ``(..., rows, d)`` tensors, one per leading
+    index, float64 (the trainer's per-seed EV of a stacked batch). No zero-variance check."""
+    t, x_hat = x.double(), x_hat.detach().double()
+    total = t.var(dim=-2, unbiased=False).sum(-1)
+    return ev_from_variances((t - x_hat).var(dim=-2, unbiased=False).sum(-1), total)
+
+
 def explained_variance(x: Any, x_hat: Any) -> float:
     """1 - sum_d Var_d(x - x_hat) / sum_d Var_d(x), per-dimension variance over rows.
 
     Raises ``HusaiError`` when x has zero total variance (EV is undefined there).
     """
     a, b = _pair(x, x_hat)
-    total = a.var(dim=0, unbiased=False).sum()
-    if float(total) == 0.0:
+    if float(a.var(dim=0, unbiased=False).sum()) == 0.0:
         raise HusaiError("explained_variance: x has zero variance, EV is undefined")
-    resid = (a - b).var(dim=0, unbiased=False).sum()
-    return float(1.0 - resid / total)
+    return float(batch_explained_variance(a, b))
 
 
 def mse(x: Any, x_hat: Any) -> float:
@@ -162,7 +173,7 @@ def evaluate_sae(sae: Any, x: Any, x_target: Any = None, batch_size: int = 4096)
     var_t = (s_tt / n - (s_t / n) ** 2).sum()
     var_r = (s_rr / n - (s_r / n) ** 2).sum()
     return {
-        "ev": float(1.0 - var_r / var_t) if float(var_t) > 0 else float("nan"),
+        "ev": float(ev_from_variances(var_r, var_t)) if float(var_t) > 0 else float("nan"),
         "l0": float(active / n),
         "mse": float(s_rr.sum() / (n * d)),
         "dead_fraction": float((fires == 0).double().mean()),

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from .progress import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from .device import pick_device, seed_everything

@@ -17,6 +17,7 @@ from typing import Hashable, NamedTuple, Sequence
 import numpy as np
 from scipy.stats import mannwhitneyu
 
+from .decoders import off_diagonal
 from .errors import HusaiError
 
 # Bootstrap work is done in blocks of resamples so memory stays ~32 MiB for any seed count.
@@ -41,8 +42,7 @@ def _pairwise(matrix, name: str = "matrix") -> np.ndarray:
 
 def pair_values(matrix) -> np.ndarray:
     """The n(n-1)/2 values above the diagonal of a pairwise matrix."""
-    m = _pairwise(matrix)
-    return m[np.triu_indices(m.shape[0], k=1)]
+    return off_diagonal(_pairwise(matrix))
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -91,6 +91,43 @@ def bootstrap_over_seeds(matrix, n_resamples: int = 10_000, seed: int = 0, ci: f
     lo, hi = np.percentile(good, [100 * alpha, 100 * (1 - alpha)])
     return BootstrapResult(float(pair_values(m).mean()), float(lo), float(hi), n, int(n_resamples),
                            int(good.size), int(seed), float(ci))
+
+
+def bootstrap_seed_values(values, n_resamples: int = 10_000, seed: int = 0, ci: float = 0.95) -> BootstrapResult:
+    """Percentile CI of the mean of one value per seed (EV, loss recovered, probe accuracy, ...),
+    resampling seeds with replacement: the per-seed counterpart of ``bootstrap_over_seeds``."""
+    v = np.asarray(values, dtype=float).reshape(-1)
+    if v.size == 0 or not np.isfinite(v).all():
+        raise HusaiError(f"per-seed values must be a non-empty list of finite numbers, got {np.asarray(values).tolist()}")
+    if int(n_resamples) != n_resamples or n_resamples < 1:
+        raise HusaiError(f"n_resamples must be a positive integer, got {n_resamples!r}")
+    if not 0.0 < ci < 1.0:
+        raise HusaiError(f"ci must lie in (0, 1), got {ci}")
+    draws = v[np.random.default_rng(seed).integers(0, v.size, size=(int(n_resamples), v.size))].mean(1)
+    lo, hi = np.percentile(draws, [50 * (1 - ci), 50 * (1 + ci)])
+    return BootstrapResult(float(v.mean()), float(lo), float(hi), int(v.size), int(n_resamples), int(n_resamples),
+                           int(seed), float(ci))
+
+
+def seed_values_permutation_p(trained, null, n_permutations: int = 10_000, seed: int = 0) -> float:
+    """One-sided p for "mean(trained) > mean(null)" with one value per seed: relabels whole
+    seeds, exact (all C(n, n_trained) splits) when there are at most ``n_permutations``."""
+    t, r = np.asarray(trained, dtype=float).reshape(-1), np.asarray(null, dtype=float).reshape(-1)
+    if t.size < 1 or r.size < 1 or not (np.isfinite(t).all() and np.isfinite(r).all()):
+        raise HusaiError("the permutation test needs finite per-seed values in both groups")
+    pooled, n_t = np.concatenate([t, r]), t.size
+    observed = t.mean() - r.mean()
+    tol = 1e-12 * max(1.0, abs(observed))
+    if math.comb(pooled.size, n_t) <= n_permutations:
+        idx = np.array(list(itertools.combinations(range(pooled.size), n_t)))
+        mask = np.zeros((len(idx), pooled.size), dtype=bool)
+        mask[np.repeat(np.arange(len(idx)), n_t), idx.ravel()] = True
+        stats = (pooled * mask).sum(1) / n_t - (pooled * ~mask).sum(1) / r.size
+        return float((stats >= observed - tol).mean())
+    rng = np.random.default_rng(seed)
+    perm = rng.permuted(np.tile(np.arange(pooled.size), (int(n_permutations), 1)), axis=1)
+    stats = pooled[perm[:, :n_t]].mean(1) - pooled[perm[:, n_t:]].mean(1)
+    return float((1 + (stats >= observed - tol).sum()) / (1 + int(n_permutations)))
 
 
 # --------------------------------------------------------------------------- tests

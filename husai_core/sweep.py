@@ -1,9 +1,18 @@
 """Resumable sweeps of seeds x configurations, in a local process pool or on a Dask cluster.
 
 Each point (one configuration, one seed) is a call ``fn(spec) -> dict`` of a top-level
-function, so it can run in another process. A finished point's result is written
-atomically to ``<out>/points/<key>.json``; a rerun skips every point that has one, so an
-interrupted sweep resumes without redoing work and never sees a half-written result.
+function, so it can run in another process. Its result travels back to the client, which
+writes it atomically to ``<out>/points/<key>.json`` as it arrives; a rerun skips every point
+that has one, so an interrupted sweep resumes without redoing work and never sees a
+half-written result. Workers never write point files.
+
+On a Dask cluster (``scheduler=<address>``, e.g. ``SLURMCluster(...).scheduler_address``
+from dask-jobqueue; see docs/dask.md) the point files stay on the client's disk, but what
+``fn`` itself reads and writes does not travel: ``experiments.train_point`` reads the
+activations and writes SAE checkpoints under ``artifacts``, and the client loads those
+checkpoints later. So every absolute path in a point's configuration that exists on the
+client must exist on the worker too (a shared filesystem mounted at the same path); each
+task checks this first and fails naming the path and the worker's host otherwise.
 
 A point's key names what its result depends on besides the seed: the configuration, the
 identity of the data it trains on (``data_id``, e.g. ``store.tensor_fingerprint`` of the
@@ -16,6 +25,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
+import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -23,7 +34,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pandas as pd
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .errors import HusaiError
 from .io import atomic_write_text, config_hash, read_json, to_jsonable, write_json
@@ -91,12 +102,25 @@ def _init_worker(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-def _call(fn: Callable[[dict], dict], point: SweepPoint, out: str) -> dict:
+def _call(fn: Callable[[dict], dict], point: SweepPoint, shared: tuple[str, ...] = ()) -> dict:
+    """Run one point where it was sent; return its record (the client writes it)."""
+    for path in shared:
+        if not os.path.exists(path):
+            raise HusaiError(f"sweep worker on {socket.gethostname()} cannot see {path}, which the client has: the "
+                             f"point reads or writes there, so workers need the client's filesystem at the same path")
     result = fn({**point.config, "seed": point.seed})
-    record = to_jsonable({"key": point.key, "seed": point.seed, "config": point.config, "data_id": point.data_id,
-                          "code_id": point.code_id, "result": result})
-    write_json(Path(out) / "points" / f"{point.key}.json", record)
-    return record
+    return to_jsonable({"key": point.key, "seed": point.seed, "config": point.config, "data_id": point.data_id,
+                        "code_id": point.code_id, "result": result})
+
+
+def _save(out: Path, record: dict) -> None:
+    write_json(out / "points" / f"{record['key']}.json", record)
+
+
+def _client_paths(point: SweepPoint) -> tuple[str, ...]:
+    """Absolute paths in a point's configuration that exist here, on the client."""
+    return tuple(sorted({v for v in point.config.values() if isinstance(v, str) and os.path.isabs(v)
+                         and os.path.exists(v)}))
 
 
 def run_sweep(
@@ -108,7 +132,12 @@ def run_sweep(
     scheduler: str | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Run every unfinished point; return one tidy row per point (config columns + results)."""
+    """Run every unfinished point; return one tidy row per point (config columns + results).
+
+    Locally in ``workers`` processes (default one per core, ``threads_per_worker`` torch threads
+    each), or on the Dask cluster whose scheduler listens at ``scheduler`` (e.g.
+    ``"tcp://10.0.0.5:8786"``); either way the results come back here and are written under ``out``.
+    """
     out = Path(out)
     (out / "points").mkdir(parents=True, exist_ok=True)
     for p in points:
@@ -129,7 +158,7 @@ def run_sweep(
             if workers == 1:
                 _init_worker(threads)
                 for p in todo:
-                    _call(fn, p, str(out))
+                    _save(out, _call(fn, p))
                     bar.update()
             else:
                 _run_pool(fn, todo, out, workers, threads, bar)
@@ -141,11 +170,11 @@ def _run_pool(fn, todo, out, workers, threads, bar) -> None:
     # spawn, not fork: forking a process that already runs torch threads can deadlock.
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                              initargs=(threads,)) as pool:
-        pending = {pool.submit(_call, fn, p, str(out)) for p in todo}
+        pending = {pool.submit(_call, fn, p) for p in todo}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
-                fut.result()  # re-raise a worker's error here, with its message
+                _save(out, fut.result())  # fut.result() re-raises a worker's error here, with its message
                 bar.update()
 
 
@@ -153,9 +182,10 @@ def _run_dask(fn, todo, out, address, bar) -> None:
     from distributed import Client, as_completed
 
     with Client(address) as client:
-        futures = [client.submit(_call, fn, p, str(out), pure=False) for p in todo]
+        futures = [client.submit(_call, fn, p, _client_paths(p), key=f"sweep-{p.key}-{uuid.uuid4().hex[:8]}")
+                   for p in todo]
         for fut in as_completed(futures):
-            fut.result()
+            _save(out, fut.result())  # the result travels back; the client writes it
             bar.update()
 
 

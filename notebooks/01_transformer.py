@@ -52,21 +52,17 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from husai_core.fourier import fourier_summary
-from husai_core.model import ModelConfig, TrainConfig, build_model, grokking_step, number_embedding, train_or_load
-from husai_core.report import record_results
+from husai_core.phases import transformer as phase
+from husai_core.report import headline_figure, record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
-from husai_core.task import TaskConfig, answer_leak_positions, make_task
+from husai_core.task import answer_leak_positions, make_task
 
+# Training and every number below come from husai_core.phases.transformer (`husai verify`
+# re-derives this report through the same code).
 art = resolve_artifacts(profile, artifacts_dir)
-model_cfg = ModelConfig(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_mlp=d_mlp)
-layouts = {"default": steps} | ({"legacy": legacy_steps} if compare_legacy else {})
-runs = {}
-for layout, n_steps in layouts.items():
-    task = TaskConfig(p=p, train_frac=train_frac, split_seed=split_seed, layout=layout)
-    train = TrainConfig(steps=n_steps, lr=lr, weight_decay=weight_decay, eval_every=eval_every, seed=seed)
-    runs[layout] = train_or_load(art / "transformer" / layout, task, model_cfg, train, reuse=reuse_checkpoint,
-                                 progress=progress)
+params = {name: globals()[name] for name in phase.PARAMS}
+runs = phase.checkpoints(params, art, progress=progress)
+results = phase.summarise(params, runs)
 ckpt = runs["default"]
 data = make_task(ckpt.task)
 print(f"{len(data.train_idx)} training pairs, {len(data.test_idx)} held-out pairs; checkpoint in {ckpt.path}")
@@ -89,7 +85,7 @@ def curves(history: pd.DataFrame, title: str) -> go.Figure:
     return fig
 
 
-curves(ckpt.history, "Corrected layout [a, b, =]").show()
+headline_figure(curves(ckpt.history, "Corrected layout [a, b, =]"), run_dir).show()
 
 # %% [markdown]
 # ## Did it learn the Fourier algorithm?
@@ -97,36 +93,26 @@ curves(ckpt.history, "Corrected layout [a, b, =]").show()
 # excluded), for the trained model and for an untrained model of the same shape.
 
 # %%
-trained = fourier_summary(number_embedding(ckpt.model, p), top=fourier_top)
-control_model = build_model(ckpt.task, model_cfg, seed=seed + 10_000)
-control = fourier_summary(number_embedding(control_model, p), top=fourier_top)
-freqs = list(range(1, len(trained.energy)))
+fourier, headline = results["fourier"], results["headline"]
+trained_energy, control_energy = pd.Series(fourier["trained_energy"][1:]), pd.Series(fourier["control_energy"][1:])
+freqs = list(range(1, len(fourier["trained_energy"])))
 fig = go.Figure()
-fig.add_bar(x=freqs, y=trained.energy[1:] / trained.energy[1:].sum(), name="trained")
-fig.add_bar(x=freqs, y=control.energy[1:] / control.energy[1:].sum(), name="random init (control)")
-fig.update_layout(title=f"Embedding energy per frequency (top {fourier_top} hold {trained.concentration:.1%} vs "
-                  f"{control.concentration:.1%} for the control)", xaxis_title="frequency k",
+fig.add_bar(x=freqs, y=trained_energy / trained_energy.sum(), name="trained")
+fig.add_bar(x=freqs, y=control_energy / control_energy.sum(), name="random init (control)")
+fig.update_layout(title=f"Embedding energy per frequency (top {fourier_top} hold {fourier['concentration']:.1%} vs "
+                  f"{fourier['control_concentration']:.1%} for the control)", xaxis_title="frequency k",
                   yaxis_title="fraction of embedding energy", barmode="group", height=380)
 fig.show()
 
 # %%
-final = ckpt.history.iloc[-1]
 summary = pd.DataFrame({
     "layout": ["[a, b, =] (default)"],
-    "train accuracy": [final.train_acc], "held-out accuracy": [final.test_acc],
-    f"Fourier top-{fourier_top} concentration": [trained.concentration],
-    "control concentration": [control.concentration],
-    "key frequencies": [", ".join(map(str, trained.key_frequencies))],
-    "grokking step (test acc ≥ 99%)": [grokking_step(ckpt.history)],
+    "train accuracy": [headline["train accuracy"]], "held-out accuracy": [headline["held-out accuracy"]],
+    f"Fourier top-{fourier_top} concentration": [fourier["concentration"]],
+    "control concentration": [fourier["control_concentration"]],
+    "key frequencies": [", ".join(map(str, fourier["key_frequencies"]))],
+    "grokking step (test acc ≥ 99%)": [results["grokking_step"]],
 })
-headline = {
-    "held-out accuracy": float(final.test_acc),
-    "train accuracy": float(final.train_acc),
-    f"Fourier top-{fourier_top} concentration": trained.concentration,
-    "random-control concentration": control.concentration,
-    "key frequencies": trained.key_frequencies,
-    "steps": int(final.step),
-}
 
 # %% [markdown]
 # ## The legacy layout, side by side
@@ -134,21 +120,14 @@ headline = {
 # the model can score perfectly by copying it — no modular arithmetic, no Fourier structure.
 
 # %%
-legacy_result = None
-if "legacy" in runs:
-    legacy = runs["legacy"]
-    legacy_data = make_task(legacy.task)
-    leaks = answer_leak_positions(legacy_data)
-    legacy_fourier = fourier_summary(number_embedding(legacy.model, p), top=fourier_top)
-    lfinal = legacy.history.iloc[-1]
-    summary.loc[len(summary)] = ["[BOS, a, +, b, =, c, EOS] (legacy, read at −2)", lfinal.train_acc, lfinal.test_acc,
-                                 legacy_fourier.concentration, control.concentration,
-                                 ", ".join(map(str, legacy_fourier.key_frequencies)), grokking_step(legacy.history)]
-    curves(legacy.history, f"Legacy layout: the answer is in the input at positions {leaks}").show()
-    legacy_result = {"held-out accuracy": float(lfinal.test_acc), "fourier_concentration": legacy_fourier.concentration,
-                     "answer_in_input_at": leaks, "steps_to_99pct": grokking_step(legacy.history)}
-    headline["legacy held-out accuracy"] = float(lfinal.test_acc)
-    headline[f"legacy Fourier top-{fourier_top} concentration"] = legacy_fourier.concentration
+legacy = results["legacy"]
+if legacy is not None:
+    summary.loc[len(summary)] = ["[BOS, a, +, b, =, c, EOS] (legacy, read at −2)", legacy["train accuracy"],
+                                 legacy["held-out accuracy"], legacy["fourier_concentration"],
+                                 fourier["control_concentration"], ", ".join(map(str, legacy["key_frequencies"])),
+                                 legacy["steps_to_99pct"]]
+    curves(runs["legacy"].history,
+           f"Legacy layout: the answer is in the input at positions {legacy['answer_in_input_at']}").show()
 print("answer tokens found in the default input at positions:", answer_leak_positions(data) or "none")
 
 # %%
@@ -156,13 +135,4 @@ print("answer tokens found in the default input at positions:", answer_leak_posi
 summary.round(4)
 
 # %%
-results_path = record_results(run_dir, {
-    "headline": headline,
-    "task": ckpt.task.to_dict(),
-    "checkpoint": str(ckpt.path), "weights_sha256": ckpt.sha256,
-    "fourier": {"trained_energy": trained.energy.tolist(), "control_energy": control.energy.tolist(),
-                "key_frequencies": trained.key_frequencies, "concentration": trained.concentration,
-                "control_concentration": control.concentration, "top": fourier_top},
-    "grokking_step": grokking_step(ckpt.history),
-    "legacy": legacy_result,
-}, notebook="01_transformer")
+results_path = record_results(run_dir, results, notebook="01_transformer")

@@ -40,42 +40,25 @@ spectrum_components = 64
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-import torch
 
-from husai_core.activations import (effective_rank, explained_variance_ratio, extract_activations, load_cache,
-                                    save_cache)
-from husai_core.model import load_checkpoint
-from husai_core.report import record_results
+from husai_core.phases import activations as phase
+from husai_core.report import headline_figure, record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
 from husai_core.runner import git_commit
-from husai_core.task import make_task
 
+# Extraction and every number below come from husai_core.phases.activations (`husai verify`
+# re-derives this report through the same code).
 art = resolve_artifacts(profile, artifacts_dir)
-caches = {}
-for layout in layouts:
-    ckpt = load_checkpoint(art / "transformer" / layout)
-    data = make_task(ckpt.task)
-    acts = extract_activations(ckpt.model, data.tokens, hooks, position=position, answer_pos=data.answer_pos,
-                               batch_size=batch_size)
-    split = np.zeros(len(data.labels), dtype=np.int64)
-    split[data.test_idx.numpy()] = 1  # 0 = train pair, 1 = held-out pair
-    labels = {"a": data.a, "b": data.b, "c": data.labels, "split": torch.from_numpy(split)}
-    meta = {"source_checkpoint": str(ckpt.path), "source_sha256": ckpt.sha256, "layout": layout,
-            "position": position, "answer_pos": data.answer_pos, "task": ckpt.task.to_dict(), "git_commit": git_commit()}
-    caches[layout] = load_cache(save_cache(art / "activations" / layout, acts, labels, meta))  # read back = verified
+params = {name: globals()[name] for name in phase.PARAMS}
+caches = phase.caches(params, art, git_commit=git_commit())
+results = phase.summarise(params, caches)
 print({k: str(v.path) for k, v in caches.items()})
 
 # %% [markdown]
 # ## Basic statistics per hook
 
 # %%
-rows = []
-for layout, cache in caches.items():
-    for hook, x in cache.acts.items():
-        rows.append({"layout": layout, "hook": hook, "rows": x.shape[0], "d": x.shape[1],
-                     "mean": float(x.mean()), "std": float(x.std()), "mean ‖x‖": float(x.norm(dim=1).mean()),
-                     "effective rank": effective_rank(x)})
-stats = pd.DataFrame(rows)
+stats = pd.DataFrame(results["stats"])
 stats.round(3)
 
 # %% [markdown]
@@ -85,29 +68,16 @@ stats.round(3)
 
 # %%
 fig = go.Figure()
-for layout, cache in caches.items():
-    for hook, x in cache.acts.items():
-        evr = explained_variance_ratio(x)[:spectrum_components]
-        fig.add_scatter(x=np.arange(1, len(evr) + 1), y=evr, mode="lines+markers", name=f"{layout} · {hook}")
+for name, evr in results["spectra"].items():
+    layout, hook = name.split("|")
+    fig.add_scatter(x=np.arange(1, len(evr) + 1), y=evr, mode="lines+markers", name=f"{layout} · {hook}")
 fig.update_layout(title="PCA spectrum of cached activations", xaxis_title="component",
                   yaxis_title="explained variance ratio", yaxis_type="log", height=420)
-fig.show()
+headline_figure(fig, run_dir).show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
 stats[["layout", "hook", "rows", "d", "effective rank"]].round(3)
 
 # %%
-main = caches[layouts[0]]
-headline = {f"effective rank ({h})": effective_rank(x) for h, x in main.acts.items()}
-headline["rows"] = int(next(iter(main.acts.values())).shape[0])
-for layout in layouts[1:]:
-    x = caches[layout].acts[hooks[0]]
-    headline[f"{layout} effective rank ({hooks[0]})"] = effective_rank(x)
-results_path = record_results(run_dir, {
-    "headline": headline,
-    "caches": {k: str(v.path) for k, v in caches.items()},
-    "stats": stats.to_dict(orient="records"),
-    "spectra": {f"{l}|{h}": explained_variance_ratio(x)[:spectrum_components].tolist()
-                for l, c in caches.items() for h, x in c.acts.items()},
-}, notebook="02_activations")
+results_path = record_results(run_dir, results, notebook="02_activations")

@@ -63,36 +63,18 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from husai_core.activations import load_cache
-from husai_core.conditions import heldout_split
-from husai_core.experiments import sae_config, sae_dir, train_or_load_saes
-from husai_core.sae.trainer import log_spaced_steps
-from husai_core.report import record_results
+from husai_core.phases import sae_training as phase
+from husai_core.report import headline_figure, record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
-from husai_core.sources import heldout_rows, open_source, storage_layout
 
+# Training and the recorded numbers come from husai_core.phases.sae_training (`husai verify`
+# re-derives this report through the same code).
 art = resolve_artifacts(profile, artifacts_dir)
-if activations is None:  # this project's cache (phase 2), in memory
-    cache = load_cache(art / "activations" / layout)
-    x = cache.get(hook)
-    target = cache.get(transcoder_target) if transcoder_target else None
-    source = None
-else:  # any supported activation source, streamed from disk
-    source = x = open_source(activations, hook=hook)
-    hook = x.hook
-    target = open_source(activations, hook=transcoder_target) if transcoder_target else None
-    print(f"activations: {x.describe()}")
-cfg = sae_config(x.shape[1], {"architecture": architecture, "d_sae": d_sae, "k": k, "steps": steps,
-                              "batch_size": batch_size, "lr": lr, "transcoder": target is not None, **sae_params},
-                 d_out=target.shape[1] if target is not None else None)
-train_idx, held_idx = heldout_split(x.shape[0], heldout_fraction, split_seed)
-store_layout = storage_layout(layout, source)
-folder = sae_dir(art, store_layout, hook if target is None else f"{hook}->{transcoder_target}", cfg)
-(trained,) = train_or_load_saes(folder, cfg, x[train_idx], [seed], x_target=None if target is None else target[train_idx],
-                                reuse=reuse_checkpoint, progress=progress,
-                                snapshot_steps=tuple(log_spaced_steps(cfg.steps, snapshot_first)),
-                                heldout=heldout_rows(x, held_idx),
-                                heldout_target=None if target is None else heldout_rows(target, held_idx))
+params = {name: globals()[name] for name in phase.PARAMS}
+seed_run = phase.train(params, art, progress=progress)
+trained, folder, cfg = seed_run.sae, seed_run.folder, seed_run.cfg
+if seed_run.source is not None:
+    print(f"activations: {seed_run.source.describe()}")
 print(f"{cfg.architecture} SAE, d_in {cfg.d_in} -> d_sae {cfg.d_sae}, {cfg.steps} steps of {cfg.batch_size} rows; "
       f"seed {seed} saved in {trained.path}")
 
@@ -111,7 +93,7 @@ fig.add_scatter(x=hist.tokens, y=hist.dead_fraction, name=f"dead fraction ({cfg.
 fig.update_yaxes(type="log", row=1, col=1)
 fig.update_xaxes(title_text="tokens seen")
 fig.update_layout(title=f"Seed {seed}: {cfg.architecture}, d_sae {cfg.d_sae}", height=400)
-fig.show()
+headline_figure(fig, run_dir).show()
 
 # %% [markdown]
 # ## Every seed of this configuration trained so far
@@ -131,12 +113,4 @@ per_seed = pd.DataFrame(rows).sort_values("seed").reset_index(drop=True)
 per_seed.round(4)
 
 # %%
-metrics = trained.metrics
-results_path = record_results(run_dir, {
-    "headline": {"seed": seed, "held-out EV": metrics["heldout"]["ev"], "held-out L0": metrics["heldout"]["l0"],
-                 "held-out dead fraction": metrics["heldout"]["dead_fraction"], "training-row EV": metrics["ev"]},
-    "config": cfg.to_dict(), "config_id": folder.name, "checkpoint": str(trained.path),
-    "layout": layout, "hook": hook, "transcoder_target": transcoder_target, "metrics": metrics,
-    "activations": None if source is None else {"path": str(activations), "source": source.describe(),
-                                                "storage_layout": store_layout},
-}, notebook="03_sae_training")
+results_path = record_results(run_dir, phase.summarise(params, seed_run), notebook="03_sae_training")

@@ -82,68 +82,26 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from husai_core.activations import load_cache
-from husai_core.comparison import (compare_conditions, condition_views, equal_live_comparison, ground_truth_recovery,
-                                   headline_verdict)
-from husai_core.conditions import ConditionData, condition_data, heldout_split, train_or_load_condition
-from husai_core.consistency import disjoint_seeds
-from husai_core.convergence import convergence_table, plateau
-from husai_core.experiments import load_snapshots, sae_config
-from husai_core.fourier import answer_fourier_directions, fourier_summary
-from husai_core.model import load_checkpoint, number_embedding
-from husai_core.nulls import check_null
-from husai_core.report import record_results
+from husai_core.phases import trained_vs_nulls as phase
+from husai_core.report import headline_figure, record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
-from husai_core.sae.trainer import log_spaced_steps
-from husai_core.sources import open_source, source_condition_data, storage_layout
 
+# The analysis lives in husai_core.phases.trained_vs_nulls (`husai verify` re-derives this
+# report through the same code); this notebook shows what it returns.
 art = resolve_artifacts(profile, artifacts_dir)
-if activations is None:  # this project's cache and transformer
-    transformer = load_checkpoint(art / "transformer" / layout)
-    cache = load_cache(art / "activations" / layout)
-    x = cache.get(hook)
-    source = None
-else:  # any supported activation source, streamed from disk; there is no transformer
-    transformer = cache = None
-    source = x = open_source(activations, hook=hook)
-    hook = x.hook
-    print(f"activations: {x.describe()}")
-    if "random_transformer" in nulls:
-        print("note: the random_transformer null needs the transformer that made the activations, which foreign "
-              "activations do not have: dropped")
-        nulls = [n for n in nulls if n != "random_transformer"]
-store_layout = storage_layout(layout, source)
-split = heldout_split(x.shape[0], heldout_fraction, split_seed)
-cfg = sae_config(x.shape[1], {"architecture": architecture, "d_sae": d_sae, "k": k, "steps": steps,
-                              "batch_size": batch_size, "lr": lr, **sae_params})
-snapshot_steps = tuple(log_spaced_steps(cfg.steps, snapshot_first))
-null_seeds = disjoint_seeds(seeds, len(seeds))
-for null in nulls:
-    check_null(null)
-
-if source is None:
-    data = {"trained": condition_data("trained", x, split)}
-    for null in nulls:
-        data[null] = condition_data(null, x, split, data_seed=null_data_seed, checkpoint=transformer, hook=hook)
-else:
-    data = {name: source_condition_data(name, source, split, data_seed=null_data_seed) for name in ["trained", *nulls]}
-saes = {"trained": train_or_load_condition(art, store_layout, hook, cfg, data["trained"], seeds,
-                                           snapshot_steps=snapshot_steps, progress=progress)}
-for null in nulls:
-    saes[null] = train_or_load_condition(art, store_layout, hook, cfg, data[null], null_seeds,
-                                         snapshot_steps=snapshot_steps, progress=progress)
-backend_name = None
-if reference_backend:
-    backend_name = f"trained ({reference_backend})"
-    data[backend_name] = data["trained"]
-    if source is not None:  # SAELens's trainer takes its rows in memory
-        data[backend_name] = ConditionData("trained", data["trained"].train.materialise(), data["trained"].heldout,
-                                           data["trained"].description + " (read into memory for SAELens)")
-    saes[backend_name] = train_or_load_condition(art, store_layout, hook, cfg, data[backend_name], seeds,
-                                                 backend=reference_backend, progress=progress)
+params = {name: globals()[name] for name in phase.PARAMS}
+prep = phase.prepare(params, art, progress=progress)
+for note in prep["notes"]:
+    print(note)
+data, saes, cfg, nulls, backend_name = prep["data"], prep["saes"], prep["cfg"], prep["nulls"], prep["backend_name"]
 print(f"{cfg.architecture} d_sae {cfg.d_sae}, k {cfg.k}, {cfg.steps} steps x {cfg.batch_size} rows; "
-      f"{len(split[0])} training / {len(split[1])} held-out rows; trained seeds {seeds}, null seeds {null_seeds}")
+      f"{len(prep['split'][0])} training / {len(prep['split'][1])} held-out rows; trained seeds {prep['seeds']}, "
+      f"null seeds {prep['null_seeds']}")
 pd.DataFrame({name: d.description for name, d in data.items()}, index=["rows"]).T
+
+# %%
+results = phase.analyse(params, prep, progress=progress)
+comparison, headline, alive_headline = results["comparison"], results["headline_verdict"], results["alive_headline_verdict"]
 
 # %% [markdown]
 # ## Reconstruction on held-out rows (training rows beside them)
@@ -151,19 +109,7 @@ pd.DataFrame({name: d.description for name, d in data.items()}, index=["rows"]).
 # latents that never fire on the evaluated rows. Each condition on its own rows.
 
 # %%
-def recon_row(name: str, group: list) -> dict:
-    held = [s.metrics["heldout"] for s in group]
-    train = [s.metrics for s in group if "ev" in s.metrics]
-    row = {"condition": name, "held-out EV": np.mean([h["ev"] for h in held]),
-           "held-out L0": np.mean([h["l0"] for h in held]),
-           "held-out dead fraction": np.mean([h["dead_fraction"] for h in held])}
-    if train:
-        row |= {"training-row EV": np.mean([t["ev"] for t in train]),
-                "training-row dead fraction": np.mean([t["dead_fraction"] for t in train])}
-    return row
-
-
-recon = pd.DataFrame([recon_row(n, g) for n, g in saes.items()]).set_index("condition")
+recon = pd.DataFrame(results["reconstruction"]).set_index("condition")
 recon.round(4)
 
 # %% [markdown]
@@ -171,9 +117,6 @@ recon.round(4)
 # Mean over seed pairs with its 95% bootstrap-over-seeds CI, for every metric and scope.
 
 # %%
-views = {name: condition_views(group, data[name].heldout) for name, group in saes.items()}
-comparison = compare_conditions(views, "trained", nulls, threshold=shared_threshold, n_resamples=n_resamples,
-                                stats_seed=stats_seed, alpha=alpha, progress=progress)
 table = pd.DataFrame({name: {key: f"{b['mean']:.4f} [{b['ci_low']:.4f}, {b['ci_high']:.4f}]" for key, b in cols.items()}
                       for name, cols in comparison["table"].items()})
 table
@@ -191,7 +134,7 @@ for name, cols in comparison["table"].items():
                                  arrayminus=[cols[k]["mean"] - cols[k]["ci_low"] for k in ks]))
 fig.update_layout(title="Consistency by condition (95% CI over seeds)", yaxis_title="value", height=450,
                   xaxis_tickangle=-30)
-fig.show()
+headline_figure(fig, run_dir).show()
 
 # %% [markdown]
 # ## Verdicts against every null
@@ -213,8 +156,6 @@ verdicts.pivot(index="metric", columns="null", values="verdict")
 verdicts.round(5)
 
 # %%
-headline = headline_verdict(comparison, headline_metric)
-alive_headline = headline_verdict(comparison, headline_metric.split("/")[0] + "/alive")
 print(headline["text"])
 print(alive_headline["text"])
 
@@ -226,10 +167,8 @@ print(alive_headline["text"])
 # the smallest live count — so fewer live latents cannot pass for more agreement.
 
 # %%
-backend_cmp = None
+backend_cmp = results["backend_comparison"]
 if backend_name:
-    backend_cmp = equal_live_comparison(views["trained"], views[backend_name], threshold=shared_threshold,
-                                        n_resamples=n_resamples, stats_seed=stats_seed)
     side = pd.DataFrame({
         "ours (husai)": {**recon.loc["trained"].to_dict(),
                          **{f"{k}": comparison["table"]["trained"][k]["mean"] for k in comparison["table"]["trained"]},
@@ -250,14 +189,8 @@ if backend_name:
 # a check that does not depend on any null.
 
 # %%
-recovery, key_freqs = {}, None
-if transformer is not None:
-    p = transformer.task.p
-    key_freqs = fourier_summary(number_embedding(transformer.model, p), top=fourier_top).key_frequencies
-    gt = answer_fourier_directions(x, cache.labels["c"], p, key_freqs)
-    recovery = ground_truth_recovery({name: [s.sae.W_dec.detach() for s in group] for name, group in saes.items()}, gt,
-                                     threshold=gt_threshold, n_resamples=n_resamples, stats_seed=stats_seed)
-else:
+recovery = results["ground_truth"]
+if not recovery:
     print("note: no ground truth for foreign activations (the Fourier directions come from our transformer's task)")
 pd.DataFrame({name: {"mean recovered": r["mean"], "CI low": r["ci_low"], "CI high": r["ci_high"],
                      "per seed": r["counts"]} for name, r in recovery.items() if isinstance(r, dict)}).T
@@ -268,10 +201,8 @@ pd.DataFrame({name: {"mean recovered": r["mean"], "CI low": r["ci_low"], "CI hig
 # Plateau criterion: the last doubling of steps moves the headline metric by < the tolerance.
 
 # %%
-conv_names = ["trained"] + [n for n in nulls if n != "isotropic"]
-snaps = {name: [load_snapshots(s.path, cfg) for s in saes[name][:convergence_seeds]] for name in conv_names}
-conv = convergence_table(snaps, {name: data[name].heldout for name in conv_names}, threshold=shared_threshold)
-plateaus = {name: plateau(conv, name, headline_metric, convergence_tol) for name in conv_names}
+conv = pd.DataFrame(results["convergence"])
+conv_names = list(results["plateau"])
 show = [m for m in conv.metric.unique() if m.endswith("/all")] + ["heldout_ev"]
 fig = make_subplots(rows=2, cols=(len(show) + 1) // 2, subplot_titles=show)
 for i, metric in enumerate(show):
@@ -283,7 +214,7 @@ for i, metric in enumerate(show):
 fig.update_xaxes(type="log", title_text="steps")
 fig.update_layout(title="Consistency (mean over seed pairs) and held-out EV against training steps", height=560)
 fig.show()
-for pl in plateaus.values():
+for pl in results["plateau"].values():
     print(pl["statement"])
 
 # %%
@@ -292,30 +223,4 @@ pd.DataFrame({"verdict": [headline["verdict"]], "strongest null": [headline["str
               "metric": [headline["metric"]]})
 
 # %%
-results_path = record_results(run_dir, {
-    "headline": {
-        "verdict": headline["verdict"], "against (strongest null)": headline["strongest_null"],
-        "metric": headline_metric, "trained": headline["trained"], "strongest null": headline["null"],
-        "LCB": headline["lcb"], "p": headline["p_value"],
-        "alive-latent verdict": alive_headline["verdict"],
-        "held-out EV": float(recon.loc["trained", "held-out EV"]),
-        "held-out dead fraction": float(recon.loc["trained", "held-out dead fraction"]),
-        "converged": plateaus["trained"]["converged"],
-        **({f"SAELens {headline_metric}": comparison["table"][backend_name][headline_metric]["mean"]} if backend_name else {}),
-        "Fourier directions recovered (trained)": recovery["trained"]["mean"] if recovery else None,
-    },
-    "verdict": headline["text"] + " Verdicts against each null: "
-               + ", ".join(f"{n}: {v}" for n, v in headline["by_null"].items()) + ".",
-    "config": cfg.to_dict(), "seeds": seeds, "null_seeds": null_seeds, "hook": hook, "layout": layout,
-    "activations": None if source is None else {"path": str(activations), "source": source.describe(),
-                                                "storage_layout": store_layout, "nulls": nulls},
-    "split": {"heldout_fraction": heldout_fraction, "split_seed": split_seed, "n_train": len(split[0]),
-              "n_heldout": len(split[1])},
-    "conditions": {name: {"description": d.description, "checkpoints": [str(s.path) if s.path else None for s in saes[name]],
-                          "fingerprints": [s.metrics.get("data_fingerprint") for s in saes[name]]}
-                   for name, d in data.items()},
-    "reconstruction": recon.reset_index().to_dict(orient="records"),
-    "comparison": comparison, "headline_verdict": headline, "alive_headline_verdict": alive_headline,
-    "backend_comparison": backend_cmp, "ground_truth": recovery, "key_frequencies": key_freqs,
-    "convergence": conv.to_dict(orient="records"), "plateau": plateaus,
-}, notebook="04_trained_vs_nulls")
+results_path = record_results(run_dir, results, notebook="04_trained_vs_nulls")

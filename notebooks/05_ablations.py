@@ -74,9 +74,10 @@ from plotly.subplots import make_subplots
 
 from husai_core.activations import effective_rank, load_cache
 from husai_core.consistency import disjoint_seeds
-from husai_core.experiments import merge_points, select_by_lcb, summarise_sweep, sweep_point_check, train_point
-from husai_core.report import record_results
+from husai_core.experiments import merge_points, summarise_sweep, sweep_point_check, train_point
+from husai_core.report import headline_figure, record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
+from husai_core.selection import candidates_from_summary, select_candidate
 from husai_core.store import code_version, tensor_fingerprint
 from husai_core.sweep import expand_grid, run_sweep
 
@@ -123,8 +124,11 @@ k_keys = {p.key for p in k_points}
 d_keys = {p.key for p in d_points}
 k_table = table[table.key.isin(k_keys)]
 d_table = table[table.key.isin(d_keys)]
-k_summary, k_choice = select_by_lcb(summarise_sweep(k_table, ["k"], n_resamples, stats_seed, alpha), alpha)
-d_summary, d_choice = select_by_lcb(summarise_sweep(d_table, ["d_sae"], n_resamples, stats_seed, alpha), alpha)
+# the selection rule of husai_core.selection, as phases 5-6 state it: against the strongest null the
+# table has, configurations significant after Holm first, the best of all when none is eligible
+rule = {"alpha": alpha, "against": "auto", "prefer_significant": True, "if_none_eligible": "all"}
+k_summary, k_choice = select_candidate(summarise_sweep(k_table, ["k"], n_resamples, stats_seed, alpha), **rule)
+d_summary, d_choice = select_candidate(summarise_sweep(d_table, ["d_sae"], n_resamples, stats_seed, alpha), **rule)
 rank = effective_rank(x)
 d_summary["d_sae_over_rank"] = d_summary.d_sae / rank
 columns = ["pwmcc", "pwmcc_ci_low", "pwmcc_ci_high", "null", "null_ci_high", "null_ratio", "null_lcb", "null_p",
@@ -162,7 +166,7 @@ fig.update_xaxes(title_text="1 − EV (unexplained variance, mean over seeds)", 
 fig.update_yaxes(title_text="PWMCC", row=1, col=1)
 fig.update_yaxes(title_text="trained / gaussian_matched", row=1, col=2)
 fig.update_layout(title="Stability vs reconstruction", height=520)
-fig.show()
+headline_figure(fig, run_dir).show()
 
 # %% [markdown]
 # ## Consistency against sparsity and against width
@@ -206,9 +210,9 @@ fig.show()
 # %% [markdown]
 # ## Which configuration is best?
 #
-# Within each sweep the rule is stated by `select_by_lcb`: among the configurations whose
-# permutation p-value against the `gaussian_matched` null survives the **Holm** correction
-# across that sweep's conditions, take the one with the highest LCB (trained CI low − null CI
+# Within each sweep the rule is stated by `husai_core.selection.select_candidate`: among the
+# configurations whose permutation p-value against the `gaussian_matched` null survives the
+# **Holm** correction across that sweep's conditions, take the one with the highest LCB (trained CI low − null CI
 # high) — the configuration whose advantage over the geometry-matched null is largest even in
 # the worst case the intervals allow. If no
 # configuration survives the correction, the highest LCB is still named but flagged as not
@@ -251,8 +255,18 @@ headline = {
     "conditions": k_choice["n_conditions"] + d_choice["n_conditions"], "seeds": len(seeds),
     "correction": f"Holm across the conditions of each sweep (alpha {alpha:g})",
 }
+# Every configuration with its trained null is a release-gate candidate (notebook 14); the
+# configuration both sweeps share is offered once.
+common = {"architecture": architecture, "hook": hook, "layout": layout, "steps": steps, "batch_size": batch_size,
+          "lr": lr, **sae_params}
+release_candidates = list({c["name"]: c for c in
+                           candidates_from_summary(k_summary.assign(d_sae=k_sweep_d_sae), "05_ablations", ["d_sae", "k"],
+                                                   common, seeds)
+                           + candidates_from_summary(d_summary.assign(k=d_sae_sweep_k), "05_ablations", ["d_sae", "k"],
+                                                     common, seeds)}.values())
+print(f"{len(release_candidates)} release-gate candidates")
 results_path = record_results(run_dir, {
-    "headline": headline, "verdict": verdict_text,
+    "headline": headline, "verdict": verdict_text, "candidates": release_candidates,
     "selection": {"k": k_choice, "d_sae": d_choice},
     "k_sweep": k_summary.to_dict(orient="records"), "d_sae_sweep": d_summary.to_dict(orient="records"),
     "points": table.drop(columns=["artifacts", "extra"], errors="ignore").to_dict(orient="records"),

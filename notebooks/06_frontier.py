@@ -86,11 +86,12 @@ from husai_core.activations import load_cache
 from husai_core.consistency import disjoint_seeds
 from husai_core.errors import HusaiError
 from husai_core.experiments import (CALIBRATION_KNOBS, calibrate_point, frontier_summary, jumprelu_scales, merge_points,
-                                    sae_config, select_by_lcb, sweep_point_check, train_point)
-from husai_core.report import record_results
+                                    sae_config, sweep_point_check, train_point)
+from husai_core.report import headline_figure, record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
 from husai_core.sae.config import ALIASES
 from husai_core.sae.trainer import training_scale
+from husai_core.selection import candidates_from_summary, select_candidate
 from husai_core.store import code_version, tensor_fingerprint
 from husai_core.sweep import SweepPoint, expand_grid, run_sweep
 
@@ -209,7 +210,10 @@ trained_table = table[table.condition == "trained"]
 frontier["target_l0"] = k
 frontier["l0_vs_target"] = frontier.l0 / k
 matched = (frontier.l0_vs_target - 1).abs() <= l0_match_tol
-frontier, choice = select_by_lcb(frontier, alpha, eligible=matched)
+# the selection rule of husai_core.selection as phases 5-6 state it (significant after Holm first;
+# the best of all, flagged, when no architecture is sparsity-matched)
+frontier, choice = select_candidate(frontier, matched, alpha, against="auto", prefer_significant=True,
+                                    if_none_eligible="all", eligibility="sparsity-matched")
 frontier["architecture"] = pd.Categorical(frontier.architecture, archs)
 frontier = frontier.sort_values("architecture").reset_index(drop=True)
 frontier["architecture"] = frontier.architecture.astype(str)
@@ -255,7 +259,7 @@ fig.update_xaxes(title_text="1 − EV (unexplained variance, log, reversed: bett
 fig.update_yaxes(title_text="PWMCC", row=1, col=1)
 fig.update_yaxes(title_text="share of features matched", row=1, col=2)
 fig.update_layout(title=f"Architecture frontier at d_sae {d_sae}, target L0 {k}", barmode="group", height=480)
-fig.show()
+headline_figure(fig, run_dir).show()
 
 # %% [markdown]
 # ## Achieved sparsity and dead latents
@@ -279,7 +283,7 @@ fig.show()
 # %% [markdown]
 # ## Which architecture is most consistent at matched sparsity?
 #
-# Rule (`select_by_lcb`): among the architectures whose L0 is within the tolerance of the
+# Rule (`husai_core.selection.select_candidate`): among the architectures whose L0 is within the tolerance of the
 # target and whose permutation p-value against its `gaussian_matched` null survives the
 # **Holm** correction across all the architectures compared, the highest LCB (trained CI low −
 # null CI high). If none qualifies, the highest LCB is still named, flagged.
@@ -315,8 +319,12 @@ headline = {"most consistent at matched sparsity": r["architecture"], "its ratio
             "target L0": k, "d_sae": d_sae, "correction": f"Holm across {choice['n_conditions']} architectures"}
 for _, row in tidy.iterrows():
     headline[f"{row.architecture} (PWMCC, gaussian_matched, EV, L0)"] = [row.pwmcc, row.null, row.ev, row.l0]
+# Every architecture with its trained null is a release-gate candidate (notebook 14), with its own settings.
+release_candidates = [c for a in archs for c in candidates_from_summary(
+    frontier[frontier.architecture == a], "06_frontier", ["architecture"],
+    {key: v for key, v in configs[a].items() if key != "artifacts"}, seeds)]
 results_path = record_results(run_dir, {
-    "headline": headline, "verdict": verdict_text, "selection": choice,
+    "headline": headline, "verdict": verdict_text, "selection": choice, "candidates": release_candidates,
     "frontier": tidy.to_dict(orient="records"), "calibration": calibration,
     "points": table.drop(columns=["artifacts", "extra"], errors="ignore").to_dict(orient="records"),
     "configs": {a: {key: v for key, v in c.items() if key != "artifacts"} for a, c in configs.items()},

@@ -24,7 +24,7 @@
 #    conservative bound LCB = trained CI low − random CI high.
 # 2. **Select.** Among the candidates whose mean explained variance (EV) reaches the floor,
 #    take the highest LCB; ties go to the larger trained − random difference, then to the
-#    larger EV. The rule lives in `husai_core.release.select_adaptive_k`. The seed-level
+#    larger EV. The rule lives in `husai_core.selection.select_adaptive_k`. The seed-level
 #    permutation p-values of **all** candidates are **Holm-adjusted** (the number of
 #    conditions is the number of candidates), and the winner's adjusted p is reported. With
 #    few search seeds the exact permutation p has a floor (1/20 for 3 + 3 seeds), so the
@@ -80,8 +80,8 @@ from plotly.subplots import make_subplots
 from husai_core.activations import load_cache
 from husai_core.errors import HusaiError
 from husai_core.experiments import consistency_summary, summarise_sweep, sweep_point_check, train_point
-from husai_core.release import matched_gain, select_adaptive_k
-from husai_core.report import record_results
+from husai_core.selection import matched_gain, select_adaptive_k
+from husai_core.report import headline_figure, record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
 from husai_core.sae import load_sae
 from husai_core.store import code_version, tensor_fingerprint
@@ -146,7 +146,7 @@ fig.update_xaxes(type="log", title_text="k", tickvals=k_candidates)
 fig.update_yaxes(title_text="PWMCC / LCB", row=1, col=1)
 fig.update_yaxes(title_text="explained variance", row=1, col=2)
 fig.update_layout(title=f"Search over k (d_sae {d_sae}, {len(search_seeds)} seeds)", height=430)
-fig.show()
+headline_figure(fig, run_dir).show()
 
 # %% [markdown]
 # ## Selection

@@ -40,7 +40,7 @@
 # λ = 0 is split accordingly, and **collapse onto the reference** is flagged when most of it
 # vanishes under the change of reference (`collapse_diagnostics`).
 #
-# **Selection and acceptance** (`husai_core.release`): per objective, the λ > 0 with the best
+# **Selection and acceptance** (`husai_core.selection`, `husai_core.gates`): per objective, the λ > 0 with the best
 # LCB among those whose EV drop is within the limit (ties: difference, then EV; permutation
 # p-values Holm-adjusted across the λ values tried); its gates: difference ≥ 0, LCB ≥ 0, EV
 # drop within the limit, and (unless `collapse_gate` is off) no collapse onto the reference.
@@ -93,8 +93,9 @@ from husai_core.activations import load_cache
 from husai_core.consistency import disjoint_seeds, pwmcc
 from husai_core.experiments import merge_points, sweep_point_check, train_point
 from husai_core.objectives import check_design, regularised_point_check, summarise_objectives, train_regularised_point
-from husai_core.release import consistency_gates, gates_record, select_under_ev_drop
-from husai_core.report import record_results
+from husai_core.gates import consistency_gates, gates_record
+from husai_core.selection import select_under_ev_drop
+from husai_core.report import headline_figure, record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
 from husai_core.sae import load_sae
 from husai_core.store import code_version, tensor_fingerprint
@@ -195,7 +196,7 @@ fig.update_yaxes(title_text="PWMCC / mean best |cos|", row=1, col=1)
 fig.update_yaxes(title_text="EV(λ = 0) − EV", row=1, col=2)
 fig.update_layout(title=f"Consistency objectives ({len(seeds)} seeds towards A, {len(control_seeds)} towards B)",
                   height=480, legend=dict(orientation="h", y=-0.25))
-fig.show()
+headline_figure(fig, run_dir).show()
 
 # %% [markdown]
 # ## Is it collapse onto the reference?

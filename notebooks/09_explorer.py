@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # Phase 12 — explorer: how consistent are SAEs across the cached grid of k, d_sae and architecture?
+# # Phase 9 — explorer: how consistent are SAEs across the cached grid of k, d_sae and architecture?
 #
 # Every SAE any phase has trained lives in `<artifacts>/saes/<layout>/<hook>/<config_id>/seed<N>/`,
 # so that folder tree **is** the cached sweep grid. The explorer below reads it and shows, for the
@@ -59,7 +59,7 @@ import plotly.graph_objects as go
 from IPython.display import display
 
 from husai_core.explorer import Explorer, best_configuration, overview_figure, scan_grid, summarise_grid
-from husai_core.report import record_results
+from husai_core.report import headline_figure, record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
 
 art = resolve_artifacts(profile, artifacts_dir)
@@ -68,8 +68,8 @@ explorer = Explorer(art, layout, hook, seeds, train_params, train_on_demand=trai
                     d_sae_values=d_sae_values, coeff_values=coeff_values, n_resamples=n_resamples,
                     stats_seed=stats_seed, alpha=alpha, match_limit=match_limit, progress=progress,
                     architecture=architecture, d_sae=d_sae, k=k,
-                    # live FigureWidget only in an interactive session: a batch run has no one to
-                    # interact, and the widget's saved state would add the plotly.js bundle (~5 MB)
+                    # the live figure view only in an interactive session: a batch run has no one
+                    # to interact, and its report shows the static snapshot below
                     live=run_dir is None if live_figure is None else live_figure)
 # Points trained here on purpose (the smoke profile adds a couple so the grid has more than one).
 for point in demo_points:
@@ -105,7 +105,7 @@ go.Figure(explorer.figure).show()
 grid = scan_grid(art)
 table = summarise_grid(grid, n_resamples, stats_seed, alpha, match_limit)
 here = table[(table.layout == layout) & (table.hook == hook)] if not table.empty else table
-overview_figure(here, title=f"Trained / random PWMCC over the cached grid ({layout}, {hook})").show()
+headline_figure(overview_figure(here, title=f"Trained / random PWMCC over the cached grid ({layout}, {hook})"), run_dir).show()
 
 # %%
 columns = {"layout": "layout", "hook": "hook", "config_id": "configuration", "n_seeds": "seeds", "pwmcc": "PWMCC",

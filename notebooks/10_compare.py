@@ -89,7 +89,7 @@ from plotly.subplots import make_subplots
 from husai_core.compare import compare_saes, relative_paths
 from husai_core.conditions import heldout_split
 from husai_core.experiments import config_id, train_or_load_saes
-from husai_core.report import record_results
+from husai_core.report import headline_figure, record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
 from husai_core.runner import runs_dir
 from husai_core.sae import SAEConfig, export_saelens
@@ -170,7 +170,7 @@ for row, (label, g) in enumerate(groups.items(), start=1):
                         row=row, col=1)
 fig.update_layout(title="Consistency by condition and metric (95% CI over seeds)", height=380 * len(groups),
                   xaxis_tickangle=-30)
-fig.show()
+headline_figure(fig, run_dir).show()
 
 # %% [markdown]
 # ## Verdicts against every null

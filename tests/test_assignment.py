@@ -33,7 +33,7 @@ def noisy_permuted(rng, n, d, noise=0.1):
 
 
 def candidate_set(n_a, n_b, s, m, chunk_rows, abs_=False):
-    cand = asg._pass_candidates(n_a, n_b, lambda i0, i1, out: out.copy_(s[i0:i1]), m, abs_,
+    cand = asg.sparse._pass_candidates(n_a, n_b, lambda i0, i1, out: out.copy_(s[i0:i1]), m, abs_,
                                 torch.device("cpu"), s.dtype, chunk_rows, False)
     r, c, v = cand.edges()
     return set(zip(r.tolist(), c.tolist())), v, r, c
@@ -55,8 +55,8 @@ def brute_top_m(s, m):
                                                       (257, 260, 1, 1000)])
 def test_candidates_are_exact_top_m_of_rows_and_columns(monkeypatch, n_a, n_b, m, chunk_rows):
     trims = []
-    orig = asg._Candidates._trim
-    monkeypatch.setattr(asg._Candidates, "_trim", lambda self: (trims.append(self.pending), orig(self))[1])
+    orig = asg.sparse._Candidates._trim
+    monkeypatch.setattr(asg.sparse._Candidates, "_trim", lambda self: (trims.append(self.pending), orig(self))[1])
     s = torch.from_numpy(np.random.default_rng(n_a).normal(size=(n_a, n_b)).astype(np.float32))
     for abs_ in (False, True):
         got, v, r, c = candidate_set(n_a, n_b, s, m, chunk_rows, abs_)
@@ -69,7 +69,7 @@ def test_candidates_are_exact_top_m_of_rows_and_columns(monkeypatch, n_a, n_b, m
 
 def test_grouped_row_top_m_equals_topk():
     s = torch.from_numpy(np.random.default_rng(0).normal(size=(50, 32 * 40)).astype(np.float32))
-    vals, idx = asg._row_topm(s, 5)
+    vals, idx = asg.sparse._row_topm(s, 5)
     ref = s.topk(5, dim=1)
     torch.testing.assert_close(vals, ref.values)
     torch.testing.assert_close(idx, ref.indices)
@@ -178,8 +178,8 @@ def test_dual_potentials_are_feasible_and_tight():
     keep[np.arange(n_a), rng.permutation(n_b)[:n_a]] = True  # a full matching exists
     r, c = np.nonzero(keep)
     v = s[r, c]
-    rows, cols, _ = asg._lapjvsp(n_a, n_b, r, c, v, 3.0)
-    x, y = asg._dual_offsets(n_a, n_b, r, c, 3.0 - v, rows, cols)
+    rows, cols, _ = asg.sparse._lapjvsp(n_a, n_b, r, c, v, 3.0)
+    x, y = asg.sparse._dual_offsets(n_a, n_b, r, c, 3.0 - v, rows, cols)
     # the certificate's form of u + v <= w: S - x - y <= offset on candidates, = on matched pairs
     lhs = v - x[r] - y[c]
     assert np.all(lhs <= 3.0 + 1e-9)
@@ -327,3 +327,19 @@ def test_cuda_matches_cpu():
     c = unit(a) @ unit(b).T
     np.testing.assert_allclose(ext[0].cpu().numpy(), c.max(1), atol=1e-5)
     np.testing.assert_allclose(ext[3].cpu().numpy(), c.min(0), atol=1e-5)
+
+
+def test_small_products_run_on_one_blas_thread():
+    from threadpoolctl import threadpool_info
+
+    from husai_core.assignment import ONE_THREAD_MULADDS, blas_threads
+
+    def blas_threads_now() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    before = blas_threads_now()
+    with blas_threads(ONE_THREAD_MULADDS):
+        assert blas_threads_now() == {1}
+    assert blas_threads_now() == before
+    with blas_threads(ONE_THREAD_MULADDS + 1):
+        assert blas_threads_now() == before

@@ -76,7 +76,7 @@ def test_pwmcc_matrix_symmetric_diag_one(rng):
 
 
 def test_pwmcc_matrix_grouped_and_unequal_paths_match_pairwise(rng, monkeypatch):
-    import husai_core.consistency as cons
+    import husai_core.consistency.pairwise as cons
 
     decs = [rng.normal(size=(24, 6)) for _ in range(7)]
     ref = np.eye(7)

@@ -40,10 +40,8 @@ def folder_of(art, arch, d_sae, sparsity, hook=HOOK):
     return sae_dir(art, "default", hook, cfg_of(arch, d_sae, sparsity))
 
 
-@pytest.fixture(scope="module")
-def base_tree(tmp_path_factory):
-    """Artifacts with an activation cache for two hooks and SAEs of five configurations."""
-    art = tmp_path_factory.mktemp("explorer") / "artifacts"
+def build_tree(art):
+    """Artifacts with an activation cache for two hooks and SAEs of five configurations (also the browser test's)."""
     g = torch.Generator().manual_seed(0)
     acts = {h: torch.randn(256, D_IN, generator=g) @ torch.randn(D_IN, D_IN, generator=g) for h in (HOOK, OTHER_HOOK)}
     save_cache(art / "activations" / "default", acts, {"c": torch.arange(256)}, {"note": "random test data"})
@@ -52,6 +50,11 @@ def base_tree(tmp_path_factory):
         train_or_load_saes(sae_dir(art, "default", hook, cfg), cfg, acts[hook], seeds)
     (folder_of(art, "topk", 32, 4) / "seed9").mkdir()  # an unfinished seed: no metrics.json
     return art
+
+
+@pytest.fixture(scope="module")
+def base_tree(tmp_path_factory):
+    return build_tree(tmp_path_factory.mktemp("explorer") / "artifacts")
 
 
 @pytest.fixture
@@ -124,8 +127,8 @@ def test_summary_matches_independent_pwmcc_and_is_cached_on_disk(tree, monkeypat
     stored = read_json(folder / SUMMARY_FILE)
     assert stored["summary"]["trained"] == s["trained"] and stored["fingerprint"]["seeds"] == SEEDS
     calls = []
-    real = ex_mod._compute_summary
-    monkeypatch.setattr(ex_mod, "_compute_summary", lambda *a: calls.append(a) or real(*a))
+    real = ex_mod.summary._compute_summary
+    monkeypatch.setattr(ex_mod.summary, "_compute_summary", lambda *a: calls.append(a) or real(*a))
     ex_mod.clear_summary_memo()
     assert config_summary(folder, n_resamples=200)["trained"] == s["trained"] and not calls  # read from the file
     assert config_summary(folder, n_resamples=200) is config_summary(folder, n_resamples=200)  # memoised

@@ -187,7 +187,7 @@ def test_activation_mcc_permutation_scaling_and_dead_columns():
 
 
 def test_activation_mcc_blocks_equal_one_pass(monkeypatch):
-    import husai_core.matching as m
+    import husai_core.matching.correlation as m
 
     rng = np.random.default_rng(4)
     za, zb = np.maximum(rng.normal(size=(300, 9)), 0), np.maximum(rng.normal(size=(300, 7)), 0)
@@ -204,7 +204,7 @@ def test_activation_mcc_blocks_equal_one_pass(monkeypatch):
 
 @pytest.mark.parametrize("sparse_a, sparse_b", [(True, True), (True, False), (False, True)])
 def test_activation_sparse_path_equals_dense_path(monkeypatch, sparse_a, sparse_b):
-    import husai_core.matching as m
+    import husai_core.matching.correlation as m
 
     rng = np.random.default_rng(7)
     n = 200

@@ -2,12 +2,14 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import nbformat
 import pytest
+import yaml
 
 from husai_core import runner
 from husai_core.errors import HusaiError
@@ -26,10 +28,28 @@ def test_main_job_runs_every_phase(smoke_runs):
         assert not list(res.run_dir.parent.glob(".*.partial")), "a finished run left a partial folder"
 
 
-def test_reports_embed_plotly_for_offline_viewing(smoke_runs):
-    html = (smoke_runs["runs"]["01_transformer"].run_dir / "report.html").read_text()
-    assert "Plotly.newPlot" in html and "plotly.js v" in html  # the library itself is inline
-    assert 'src="https://cdn.plot.ly' not in html
+def _asset_refs(page):
+    return re.findall(r'(?:src|href)="(assets/[^"]+)"', page.read_text())
+
+
+def test_reports_share_plotly_and_open_offline_from_a_copied_folder(smoke_runs, tmp_path):
+    from plotly.offline import get_plotlyjs
+
+    # the run folder's report stands alone (plotly.js inline): it opens wherever it is copied
+    standalone = (smoke_runs["runs"]["01_transformer"].run_dir / "report.html").read_text()
+    assert "Plotly.newPlot" in standalone and get_plotlyjs() in standalone
+    # the index's copies share one plotly.js in assets/, referenced relatively
+    copied = shutil.copytree(smoke_runs["base"] / "reports" / "smoke", tmp_path / "moved")
+    pages = sorted(copied.glob("*.html"))
+    assert len(pages) > 2
+    plotly_js = {ref for page in pages for ref in _asset_refs(page) if ref.endswith(".js")}
+    assert len(plotly_js) == 1 and (copied / plotly_js.pop()).read_text() == get_plotlyjs()
+    for page in pages:
+        html = page.read_text()
+        assert get_plotlyjs()[:2000] not in html and 'src="https://cdn.plot.ly' not in html
+        assert all((copied / ref).is_file() for ref in _asset_refs(page)), page.name
+        if page.name != "index.html":
+            assert "Plotly.newPlot" in html and len(html) < 200_000, page.name  # kilobytes, not megabytes
 
 
 def test_index_links_reports_with_numbers_from_results(smoke_runs):
@@ -53,7 +73,8 @@ def test_activation_results_point_at_a_loadable_cache(smoke_runs):
     from husai_core.activations import load_cache
 
     res = smoke_runs["runs"]["02_activations"].results
-    cache = load_cache(res["caches"]["default"])
+    assert not os.path.isabs(res["caches"]["default"])  # stored relative to the runs folder
+    cache = load_cache(smoke_runs["base"] / "runs" / res["caches"]["default"])
     assert cache.get("blocks.0.hook_resid_post").shape == (23 * 23, 32)
     assert cache.meta["source_sha256"] and cache.meta["position"] == "answer"
 
@@ -110,9 +131,10 @@ def test_sae_phase_writes_one_checkpoint_per_seed(smoke_runs):
         head = r.results["headline"]
         assert head["seed"] == s and 0 < head["held-out L0"] <= 4 + 1e-6 and head["held-out EV"] <= 1
         assert r.results["metrics"]["heldout"]["n_rows"] < r.results["metrics"]["n_rows"]  # held-out rows are apart
-        sae = load_sae(r.results["checkpoint"])
+        checkpoint = smoke_runs["base"] / "runs" / r.results["checkpoint"]  # stored relative to the runs folder
+        sae = load_sae(checkpoint)
         assert sae.W_dec.shape == (64, 32)
-        assert sorted(load_snapshots(r.results["checkpoint"], sae.cfg))[-1] == sae.cfg.steps
+        assert sorted(load_snapshots(checkpoint, sae.cfg))[-1] == sae.cfg.steps
 
 
 def test_trained_vs_nulls_report(smoke_runs):
@@ -152,3 +174,44 @@ def test_sae_settings_agree_between_phases_3_and_4(profile):
     p3 = {**runner.notebook_parameters(runner.read_notebook(runner.resolve_notebook("03"))), **runner.load_profile("03_sae_training", profile)}
     p4 = {**runner.notebook_parameters(runner.read_notebook(runner.resolve_notebook("04"))), **runner.load_profile("04_trained_vs_nulls", profile)}
     assert {k: p3[k] for k in shared} == {k: p4[k] for k in shared}
+
+
+def test_run_metadata_names_no_machine_path(smoke_runs):
+    """results.json and params.yaml store paths relative to the runs folder, never the machine's."""
+    base = str(smoke_runs["base"])
+    for res in smoke_runs["runs"].values():
+        for name in ("results.json", "params.yaml", "manifest.json"):
+            assert base not in (res.run_dir / name).read_text(), (res.run_dir, name)
+        params = yaml.safe_load((res.run_dir / "params.yaml").read_text())
+        assert smoke_runs["base"] / "runs" / params["run_dir"] == res.run_dir
+
+
+def test_index_shows_headline_figures(smoke_runs):
+    reports = smoke_runs["base"] / "reports" / "smoke"
+    assert (smoke_runs["runs"]["01_transformer"].run_dir / "figure.json").is_file()
+    from husai_core.report import _browser
+
+    if _browser() is None:
+        pytest.skip("no Chromium: the index is built without thumbnails (tests/test_report_assets.py)")
+    thumbs = re.findall(r'<img src="(assets/thumb-[0-9a-f]+\.png)"', (reports / "index.html").read_text())
+    assert thumbs and all((reports / t).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for t in thumbs)
+
+
+
+@pytest.mark.browser
+def test_copied_reports_folder_draws_its_figures_offline_in_chromium(smoke_runs, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None and not os.environ.get("CI"):
+        pytest.skip("no chromium (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    moved = shutil.copytree(smoke_runs["base"] / "reports" / "smoke", tmp_path / "moved")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_context(offline=True).new_page()
+            page.goto((moved / "01_transformer.html").as_uri())
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+            assert page.evaluate("Plotly.version") and page.locator(".js-plotly-plot").count() >= 2
+        finally:
+            browser.close()

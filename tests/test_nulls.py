@@ -98,8 +98,8 @@ def test_sae_artifacts_are_recomputed_when_data_config_or_code_change(tmp_path, 
     # a new version of the SAE code invalidates the checkpoint although config and data match
     (back,) = train_or_load_saes(folder, CFG, x, [1])
     mtime = (back.path / "sae.safetensors").stat().st_mtime_ns
-    monkeypatch.setattr("husai_core.experiments.artifact_key",
-                        lambda kind, config, inputs: {**store.artifact_key(kind, config, inputs), "code": "other"})
+    real = store.artifact_key
+    monkeypatch.setattr(store, "artifact_key", lambda kind, config, inputs: {**real(kind, config, inputs), "code": "other"})
     (recoded,) = train_or_load_saes(folder, CFG, x, [1])
     assert recoded.metrics["key"]["code"] == "other"
     assert (recoded.path / "sae.safetensors").stat().st_mtime_ns != mtime

@@ -242,16 +242,16 @@ def test_check_design_refuses_unanswerable_designs(kwargs, message):
 
 
 def test_regularised_checkpoints_are_reused_only_for_the_same_data(data, tmp_path):
-    from husai_core.objectives import train_or_load_regularised
+    from husai_core.store import train_or_load_saes
 
     cfg, ref = _cfg(extra={"objective": "test"}), _reference()
     obj = make_objective("assignment", ref, 1.0, resolve_every=10)
-    (first,) = train_or_load_regularised(tmp_path, cfg, data, [1], obj)
+    (first,) = train_or_load_saes(tmp_path, cfg, data, [1], objective=obj)
     assert first.metrics["n_solves"] == 6 and 0 <= first.metrics["final_penalty"] <= 1
     assert "extra" in first.history.columns
     mtime = (first.path / "sae.safetensors").stat().st_mtime_ns
-    (again,) = train_or_load_regularised(tmp_path, cfg, data, [1], obj)
+    (again,) = train_or_load_saes(tmp_path, cfg, data, [1], objective=obj)
     assert (again.path / "sae.safetensors").stat().st_mtime_ns == mtime  # loaded, not retrained
     assert torch.equal(again.sae.W_dec, first.sae.W_dec)
-    (other,) = train_or_load_regularised(tmp_path, cfg, data * 2.0, [1], obj)
+    (other,) = train_or_load_saes(tmp_path, cfg, data * 2.0, [1], objective=obj)
     assert other.metrics["data_fingerprint"] != first.metrics["data_fingerprint"]  # new data: retrained

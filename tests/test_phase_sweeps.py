@@ -12,7 +12,7 @@ import yaml
 
 from husai_core import runner
 from husai_core.errors import HusaiError
-from husai_core.experiments import calibrate_point, next_coefficient, select_by_lcb
+from husai_core.experiments import calibrate_point, next_coefficient
 from conftest import REPO, runs_env
 
 ARCHITECTURES = {"relu", "topk", "batchtopk", "jumprelu", "matryoshka"}
@@ -73,10 +73,12 @@ def test_ablation_results_are_coherent(phases):
 
 
 def test_rerun_resumes_the_sweep_without_retraining(in_phase_runs):
+    from husai_core.paths import runs_path
+
     first = in_phase_runs["05"].results
-    sweep = Path(first["sweep_dir"])
+    sweep = runs_path(first["sweep_dir"])  # metadata stores paths relative to the runs folder
     assert sweep.is_relative_to(in_phase_runs["art"])  # lives with the artifacts, so reruns find it
-    files = sorted(sweep.glob("points/*.json")) + sorted(Path(p["checkpoint"]) / "sae.safetensors" for p in first["points"])
+    files = sorted(sweep.glob("points/*.json")) + sorted(runs_path(p["checkpoint"]) / "sae.safetensors" for p in first["points"])
     params = smoke_params("05_ablations")
     n_configs = len(params["k_grid"]) + len(params["d_sae_grid"]) - 1  # one configuration is in both sweeps
     assert len(list(sweep.glob("points/*.json"))) == 2 * n_configs * len(params["seeds"])  # trained + null
@@ -135,30 +137,31 @@ def test_frontier_compares_all_architectures_at_reported_sparsity(phases):
     assert (phases["06"].run_dir / "report.html").read_text().count("Plotly.newPlot") >= 3
 
 
+# ---------------------------------------------------------------- release-gate candidates (phase 14)
+
+def test_sweeps_offer_release_candidates_to_the_gate(in_phase_runs):
+    from husai_core.phases import release_gate
+
+    p5 = smoke_params("05_ablations")
+    cands = {c["name"]: c for c in in_phase_runs["05"].results["candidates"]}
+    shapes = {(p5["k_sweep_d_sae"], k) for k in p5["k_grid"]} | {(d, p5["d_sae_sweep_k"]) for d in p5["d_sae_grid"]}
+    assert set(cands) == {f"05_ablations:d_sae={d},k={k}" for d, k in shapes}  # the shared configuration once
+    k_rows = pd.DataFrame(in_phase_runs["05"].results["k_sweep"]).set_index("k")
+    for k in p5["k_grid"]:
+        c, row = cands[f"05_ablations:d_sae={p5['k_sweep_d_sae']},k={k}"], k_rows.loc[k]
+        assert c["lcb"] == pytest.approx(row.null_lcb) and c["p"] == row.null_p and c["ev_heldout"] == row.ev
+        assert c["seeds"] == p5["seeds"] and c["strongest_null"] == "gaussian_matched" and c["config"]["k"] == k
+    frontier = in_phase_runs["06"].results["candidates"]
+    assert {c["config"]["architecture"] for c in frontier} == ARCHITECTURES
+    res = release_gate.run({"source_phases": ["05_ablations", "06_frontier"], "source_profile": "smoke",
+                            "upstream_runs": {}, "metric": "pwmcc/all", "min_seeds": 3, "ev_floor": 0.0, "alpha": 0.05,
+                            "require": ["selected_lcb"], "lcb_threshold": 0.0, "transcoder_delta_threshold": 0.0,
+                            "ood_drop_limit": 0.1, "loss_recovered_floor": 0.9, "ev_drop_limit": 0.05})
+    best = max(list(cands.values()) + frontier, key=lambda c: c["lcb"])
+    assert res["selection"]["n_conditions"] == len(cands) + len(ARCHITECTURES) and res["selected"]["name"] == best["name"]
+
+
 # ---------------------------------------------------------------- selection and calibration rules
-
-def test_selection_is_against_the_gaussian_matched_null_when_present():
-    summary = pd.DataFrame({"k": [4, 8], "lcb": [0.3, 0.1], "permutation_p": [0.001, 0.001],
-                            "null_lcb": [-0.05, 0.02], "null_p": [0.3, 0.01]})
-    out, choice = select_by_lcb(summary, alpha=0.05)
-    assert choice["against"] == "gaussian_matched" and choice["row"]["k"] == 8  # isotropic LCB would pick 4
-    assert out.p_holm.tolist() == pytest.approx([0.3, 0.02])
-
-
-def test_selection_prefers_significant_configurations_after_holm():
-    summary = pd.DataFrame({"k": [4, 8, 16], "lcb": [0.05, 0.30, 0.10], "permutation_p": [0.001, 0.2, 0.004]})
-    out, choice = select_by_lcb(summary, alpha=0.05)
-    assert out.p_holm.tolist() == pytest.approx([0.003, 0.2, 0.008])
-    assert choice["row"]["k"] == 16 and choice["significant"] and choice["n_conditions"] == 3
-    _, choice = select_by_lcb(summary, alpha=0.05, eligible=[True, True, False])
-    assert choice["row"]["k"] == 4  # 16 is not eligible; 8 is not significant
-    _, choice = select_by_lcb(summary.assign(permutation_p=0.5), alpha=0.05)
-    assert choice["row"]["k"] == 8 and not choice["significant"]
-    with pytest.raises(HusaiError, match="empty"):
-        select_by_lcb(summary.iloc[:0])
-    with pytest.raises(HusaiError, match="eligible has 2 entries for 3 configurations"):
-        select_by_lcb(summary, eligible=[True, False])
-
 
 def test_calibration_refuses_what_it_cannot_calibrate():
     with pytest.raises(HusaiError, match="calibration is for relu, jumprelu SAEs, got 'topk'"):

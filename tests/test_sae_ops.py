@@ -140,7 +140,7 @@ def test_stacked_forward_equals_individual_forwards():
 
 @pytest.mark.parametrize("shape, k", [((64, 1024), 32), ((3, 40, 256), 8), ((10, 100), 7), ((5, 16), 3), ((2, 64), 64)])
 def test_topk_last_is_exact(shape, k):
-    from husai_core.sae.select import topk_last
+    from husai_core.sae.topk_kernel import topk_last
 
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     v, i = topk_last(x, k)

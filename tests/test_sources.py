@@ -179,7 +179,9 @@ def test_phase3_trains_on_a_foreign_folder(foreign):
     run = run_notebook("03_sae_training", "smoke", {"activations": str(folder), "hook": HOOK, "seed": 1}, render=False)
     res = run.results
     assert res["activations"]["source"].startswith("foreign_folder") and res["hook"] == HOOK
-    ckpt = Path(res["checkpoint"])
+    from husai_core.paths import runs_path
+
+    ckpt = runs_path(res["checkpoint"])  # metadata stores paths relative to the runs folder
     assert ckpt.parts[-4].startswith("ext-foreign_folder-") and (ckpt / "metrics.json").is_file()
     m = json.loads((ckpt / "metrics.json").read_text())
     train_idx, _ = heldout_split(900, 0.2, 0)
@@ -189,7 +191,7 @@ def test_phase3_trains_on_a_foreign_folder(foreign):
 
 def test_sweep_points_take_an_activations_key(foreign, tmp_path):
     from husai_core.experiments import point_data, sweep_point_check, train_point
-    from husai_core.sources import source_condition_data
+    from husai_core.conditions import source_condition_data
 
     folder, x = foreign
     spec = {"artifacts": str(tmp_path / "art"), "layout": "default", "hook": HOOK, "activations": str(folder),
@@ -206,7 +208,7 @@ def test_sweep_points_take_an_activations_key(foreign, tmp_path):
 # ---------------------------------------------------------------- bounded memory
 
 def test_bijection_sampler_passes_are_permutations(monkeypatch):
-    from husai_core.sae import trainer
+    from husai_core.sae.trainer import data as trainer
 
     s = trainer._sampler(1000, 3, streamed=True)
     assert isinstance(s, trainer._RowSampler)  # small sources: the in-memory data order

@@ -266,8 +266,8 @@ def test_persisted_summary_is_keyed_on_checkpoint_contents(retrained_tree, monke
     assert {v[0] for v in stored["data"].values()} == {retrained_tree["a"]}  # the data fingerprints
     assert set(stored["files"]) == {f"seed{s}/{f}" for s in (1, 3) for f in ("sae.safetensors", "metrics.json")}
     calls = []
-    real = ex_mod._compute_summary
-    monkeypatch.setattr(ex_mod, "_compute_summary", lambda *a: calls.append(a) or real(*a))
+    real = ex_mod.summary._compute_summary
+    monkeypatch.setattr(ex_mod.summary, "_compute_summary", lambda *a: calls.append(a) or real(*a))
     # seed 3 is replaced by another checkpoint of the same size, with size and mtime restored
     path = folder / "seed3" / "sae.safetensors"
     st = path.stat()
@@ -282,3 +282,22 @@ def test_persisted_summary_is_keyed_on_checkpoint_contents(retrained_tree, monke
     ex_mod.clear_summary_memo()
     assert ex_mod.config_summary(folder, [1, 3], n_resamples=100)["trained"] == again["trained"] and len(calls) == 1
     assert np.isfinite(again["ratio"])
+
+
+def test_main_job_says_when_each_phase_starts_and_ends_and_what_is_left(stub_runs):
+    seeds = runner.pipeline_seeds("smoke")
+    first = []
+    runner.run_main_job("smoke", echo=first.append)
+    for name, _ in runner.MAIN_JOB:
+        assert sum(line.startswith(f"[husai] {name}: start (phase ") for line in first) == 1, name
+        assert sum(line.startswith(f"[husai] {name}: done in ") for line in first) == 1, name
+    assert "time left unknown: no earlier smoke run of " + ", ".join(n for n, _ in runner.MAIN_JOB) in first[0]
+    assert sum(f"[husai] {P3}: seed " in line for line in first) == len(seeds)
+    # the next run estimates from this one's manifests
+    walls = runner.phase_estimates("smoke", seeds)
+    assert walls[P3] == pytest.approx(sum(runner.finished_runs(P3, "smoke", s, per_seed=True)[0][1]["wall_seconds"]
+                                          for s in seeds))
+    second = []
+    runner.run_main_job("smoke", echo=second.append)
+    assert "left, from the last smoke run's times)" in second[0]
+    assert second[-1].startswith("[husai] report index: ") and "(main job took " in second[-1]

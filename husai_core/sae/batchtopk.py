@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..errors import HusaiError
 from .base import BaseSAE, _Terms
-from .select import topk_last
+from .topk_kernel import topk_last
 
 
 class BatchTopKSAE(BaseSAE):

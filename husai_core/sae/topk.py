@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .base import BaseSAE, _global_idx, _Terms, seed_mse
-from .select import topk_last
+from .topk_kernel import topk_last
 from .sparse_ops import SparsePattern, sparse_decode, sparse_encode
 
 
