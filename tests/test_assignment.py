@@ -328,18 +328,3 @@ def test_cuda_matches_cpu():
     np.testing.assert_allclose(ext[0].cpu().numpy(), c.max(1), atol=1e-5)
     np.testing.assert_allclose(ext[3].cpu().numpy(), c.min(0), atol=1e-5)
 
-
-def test_small_products_run_on_one_blas_thread():
-    from threadpoolctl import threadpool_info
-
-    from husai_core.assignment import ONE_THREAD_MULADDS, blas_threads
-
-    def blas_threads_now() -> set[int]:
-        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
-
-    before = blas_threads_now()
-    with blas_threads(ONE_THREAD_MULADDS):
-        assert blas_threads_now() == {1}
-    assert blas_threads_now() == before
-    with blas_threads(ONE_THREAD_MULADDS + 1):
-        assert blas_threads_now() == before

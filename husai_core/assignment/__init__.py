@@ -32,19 +32,16 @@ Memory: a similarity chunk of about ``CHUNK_BYTES`` plus O((n_a + n_b) m) candid
 The chunked similarity passes run on the tensors' device (CUDA included). On CPU the float32
 products use numpy's BLAS (OpenBLAS), which is markedly faster than torch's MKL on AMD CPUs
 (and the same library the dense numpy reference uses); its thread count follows
-``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS`` at import time, except that a product of at most
-``ONE_THREAD_MULADDS`` multiply-adds runs on one BLAS thread (``blas_threads``): waking and
-joining OpenBLAS's other threads costs more than they save there, markedly so on a busy machine
-(1024 x 1024 x d_in 128 on 2 loaded cores: 3.3 ms on one thread, 12.7 ms on two; at d_in 512
-the two were even).
+``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS`` at import time (one BLAS thread for small
+products was tried and dropped: faster on a loaded machine, 0.69x dense on a quiet one).
 
-The package: ``kernels`` (blocked similarity products, row / column extrema, BLAS threads),
+The package: ``kernels`` (blocked similarity products, row / column extrema),
 ``sparse`` (top-m candidates, certificate, sparse LAPJV) and ``match`` (the entry points and the
 dense path).
 """
 
 from .kernels import (
-    CHUNK_BYTES, MIN_CHUNK_ROWS, BLOCK_ELEMENTS, ONE_THREAD_MULADDS, mm_into, blas_threads, maxima_cpu, extrema,
+    CHUNK_BYTES, MIN_CHUNK_ROWS, BLOCK_ELEMENTS, mm_into, maxima_cpu, extrema,
     pwmcc_from_extrema,
 )
 from .sparse import CERTIFY_ROUNDS, CERTIFY_TOL, TOP_M

@@ -4,7 +4,6 @@ extrema (PWMCC) in one pass, block shapes and BLAS thread control.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -21,8 +20,6 @@ MIN_CHUNK_ROWS = 512
 # and a buffer within glibc's dynamic mmap threshold (32 MiB), so repeated calls reuse heap
 # pages instead of faulting in fresh ones.
 BLOCK_ELEMENTS = 1 << 23
-# Products of up to this many multiply-adds (1024 x 1024 x 128) run on one BLAS thread (module docstring).
-ONE_THREAD_MULADDS = 1 << 27
 _GROUP = 32  # group width of the two-stage exact top-m along rows
 
 
@@ -33,24 +30,6 @@ def mm_into(a: torch.Tensor, bt: torch.Tensor, out: torch.Tensor) -> torch.Tenso
         np.matmul(a.numpy(), bt.numpy(), out=out.numpy())
         return out
     return torch.mm(a, bt, out=out)
-
-
-_BLAS = None
-
-
-def blas_threads(muladds: int):
-    """Context manager: one BLAS thread for products of at most ``ONE_THREAD_MULADDS``
-    multiply-adds, the process default otherwise (threadpoolctl; a no-op without it)."""
-    global _BLAS
-    if muladds > ONE_THREAD_MULADDS:
-        return contextlib.nullcontext()
-    if _BLAS is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-            _BLAS = ThreadpoolController()
-        except ImportError:
-            _BLAS = False
-    return _BLAS.limit(limits=1, user_api="blas") if _BLAS else contextlib.nullcontext()
 
 
 def _block_shape(n_a: int, n_b: int, rows: int | None, cols: int | None) -> tuple[int, int]:
@@ -71,18 +50,17 @@ def maxima_cpu(a: np.ndarray, b: np.ndarray, signed: bool = False, rows: int | N
     col_max = np.full(n_b, init, dtype=np.float32)
     buf = np.empty((rows, cols), dtype=np.float32)
     bt = b.T
-    with blas_threads(n_a * n_b * a.shape[1]):
-        for i0 in range(0, n_a, rows):
-            i1 = min(i0 + rows, n_a)
-            r = row_max[i0:i1]
-            for j0 in range(0, n_b, cols):
-                j1 = min(j0 + cols, n_b)
-                c = np.matmul(a[i0:i1], bt[:, j0:j1], out=buf[: i1 - i0, : j1 - j0])
-                if not signed:
-                    np.abs(c, out=c)
-                np.maximum(r, c.max(axis=1), out=r)
-                q = col_max[j0:j1]
-                np.maximum(q, c.max(axis=0), out=q)
+    for i0 in range(0, n_a, rows):
+        i1 = min(i0 + rows, n_a)
+        r = row_max[i0:i1]
+        for j0 in range(0, n_b, cols):
+            j1 = min(j0 + cols, n_b)
+            c = np.matmul(a[i0:i1], bt[:, j0:j1], out=buf[: i1 - i0, : j1 - j0])
+            if not signed:
+                np.abs(c, out=c)
+            np.maximum(r, c.max(axis=1), out=r)
+            q = col_max[j0:j1]
+            np.maximum(q, c.max(axis=0), out=q)
     return row_max, col_max
 
 
@@ -101,26 +79,25 @@ def extrema(a: torch.Tensor, b: torch.Tensor, rows: int | None = None,
     cpu = dev.type == "cpu"
     buf = torch.empty(rows, cols, device=dev)
     bt = b.T
-    with blas_threads(n_a * n_b * a.shape[1]):
-        for i0 in range(0, n_a, rows):
-            i1 = min(i0 + rows, n_a)
-            for j0 in range(0, n_b, cols):
-                j1 = min(j0 + cols, n_b)
-                c = buf[: i1 - i0, : j1 - j0]
-                if cpu:  # numpy BLAS and single-threaded numpy reductions on the cache-resident tile
-                    x = np.matmul(a[i0:i1].numpy(), bt[:, j0:j1].numpy(), out=c.numpy())
-                    for out, red, axis in ((r_max[i0:i1], np.maximum, 1), (r_min[i0:i1], np.minimum, 1),
-                                           (c_max[j0:j1], np.maximum, 0), (c_min[j0:j1], np.minimum, 0)):
-                        o = out.numpy()
-                        red(o, red.reduce(x, axis=axis), out=o)
-                else:
-                    torch.mm(a[i0:i1], bt[:, j0:j1], out=c)
-                    lo, hi = torch.aminmax(c, dim=1)
-                    torch.maximum(r_max[i0:i1], hi, out=r_max[i0:i1])
-                    torch.minimum(r_min[i0:i1], lo, out=r_min[i0:i1])
-                    lo, hi = torch.aminmax(c, dim=0)
-                    torch.maximum(c_max[j0:j1], hi, out=c_max[j0:j1])
-                    torch.minimum(c_min[j0:j1], lo, out=c_min[j0:j1])
+    for i0 in range(0, n_a, rows):
+        i1 = min(i0 + rows, n_a)
+        for j0 in range(0, n_b, cols):
+            j1 = min(j0 + cols, n_b)
+            c = buf[: i1 - i0, : j1 - j0]
+            if cpu:  # numpy BLAS and single-threaded numpy reductions on the cache-resident tile
+                x = np.matmul(a[i0:i1].numpy(), bt[:, j0:j1].numpy(), out=c.numpy())
+                for out, red, axis in ((r_max[i0:i1], np.maximum, 1), (r_min[i0:i1], np.minimum, 1),
+                                       (c_max[j0:j1], np.maximum, 0), (c_min[j0:j1], np.minimum, 0)):
+                    o = out.numpy()
+                    red(o, red.reduce(x, axis=axis), out=o)
+            else:
+                torch.mm(a[i0:i1], bt[:, j0:j1], out=c)
+                lo, hi = torch.aminmax(c, dim=1)
+                torch.maximum(r_max[i0:i1], hi, out=r_max[i0:i1])
+                torch.minimum(r_min[i0:i1], lo, out=r_min[i0:i1])
+                lo, hi = torch.aminmax(c, dim=0)
+                torch.maximum(c_max[j0:j1], hi, out=c_max[j0:j1])
+                torch.minimum(c_min[j0:j1], lo, out=c_min[j0:j1])
     return r_max, r_min, c_max, c_min
 
 
