@@ -49,7 +49,7 @@ from .schedule import (
 from .data import PERM_MAX_ROWS, FINAL_EVAL_ROWS, _check_data, _RowSampler
 from .loop import make_optimizer, clip_per_seed, train_step, _fit
 from .run import (
-    FINAL_EVAL_BATCH_CPU, train_sae, train_saes, max_stack_size, probe_modes, choose_mode, _input_scale_rows,
+    FINAL_EVAL_BATCH_CPU, train_sae, train_saes, max_stack_size, probe_modes, choose_mode,
 )
 
 __all__ = [

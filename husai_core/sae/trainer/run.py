@@ -5,7 +5,6 @@ choose between sequential and seed-batched training.
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import pandas as pd
@@ -41,33 +40,6 @@ def _metric_rows(x: Any, t: Any, device: torch.device) -> tuple[Tensor, Tensor |
 # evaluate_sae's batch for the final metrics on CPU: 1024 rows keep its dense (rows x d_sae)
 # temporaries in cache (measured 25% faster than 4096 at d_sae 1024 and 4096); on CUDA as before.
 FINAL_EVAL_BATCH_CPU = 1024
-# _input_scale_rows: rows per float64 chunk at least this many, at most this many bytes otherwise.
-_SCALE_CHUNK_ROWS, _SCALE_CHUNK_BYTES = 1024, 4 * 2**20
-
-
-def _input_scale_rows(x: Any) -> float:
-    """``input_scale(x)``, the same float, without a float64 copy of all of ``x`` (2 x 8 bytes
-    per element there): the float64 squares and row sums are taken chunk by chunk with the same
-    kernels (each row is reduced alone, so its sum does not depend on the chunking), then the same
-    mean. Only for contiguous CPU tensors of width <= 8192 with more than one chunk of rows (the
-    cases checked to match bit for bit); anything else goes to ``input_scale``."""
-    if is_source(x) or x.device.type != "cpu" or not x.is_contiguous() or x.shape[-1] > 8192:
-        return input_scale(x)
-    n, d = x.shape
-    m = max(_SCALE_CHUNK_ROWS, _SCALE_CHUNK_BYTES // (8 * d))
-    if n <= m:
-        return input_scale(x)
-    sums = torch.empty(n, dtype=torch.float64)
-    buf = torch.empty(m, d, dtype=torch.float64)
-    for lo in range(0, n, m):
-        b = buf[: min(m, n - lo)]
-        torch.sum(b.copy_(x[lo : lo + m]).pow_(2), -1, out=sums[lo : lo + m])
-    ms = float(sums.mean())
-    if not math.isfinite(ms):
-        raise HusaiError("activations contain NaN or infinite values")
-    if not ms > 0:
-        raise HusaiError("cannot normalise activations whose mean squared norm is 0")
-    return math.sqrt(d / ms)
 
 
 def _train_group(cfg: SAEConfig, x: Tensor, t: Tensor | None, seeds: list[int], device: torch.device,
@@ -78,8 +50,8 @@ def _train_group(cfg: SAEConfig, x: Tensor, t: Tensor | None, seeds: list[int], 
     seed_everything(seeds[0])
     scale = (1.0, 1.0)
     if cfg.normalize_activations == "expected_average_only_in":
-        s_in = _input_scale_rows(x)
-        scale = (s_in, _input_scale_rows(t) if t is not None else s_in)
+        s_in = input_scale(x)
+        scale = (s_in, input_scale(t) if t is not None else s_in)
     streamed = is_source(x)  # rows read from disk batch by batch (husai_core.sources)
     if streamed:
         xd = _StreamRows(x, device, scale[0])

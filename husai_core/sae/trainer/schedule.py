@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pandas as pd
+import torch
 from torch import Tensor
 
 from ...errors import HusaiError
@@ -62,10 +63,33 @@ def training_scale(cfg: SAEConfig, x: Any) -> float:
     return input_scale(x) if cfg.normalize_activations == "expected_average_only_in" else 1.0
 
 
+# _mean_sq_norm_rows: rows per float64 chunk at least this many, at most this many bytes otherwise.
+_SCALE_CHUNK_ROWS, _SCALE_CHUNK_BYTES = 1024, 4 * 2**20
+
+
+def _mean_sq_norm_rows(x: Tensor) -> float:
+    """``float(x.double().pow(2).sum(-1).mean())``, the same float, without a float64 copy of
+    all of ``x`` when that is large: the float64 squares and row sums are taken chunk by chunk
+    with the same kernels (each row is reduced alone, so its sum does not depend on the
+    chunking), then the same mean. Chunked only for contiguous CPU tensors of width <= 8192 with
+    more than one chunk of rows (the cases checked to match bit for bit)."""
+    n, d = x.shape[0], x.shape[-1]
+    m = max(_SCALE_CHUNK_ROWS, _SCALE_CHUNK_BYTES // (8 * d))
+    if x.ndim != 2 or x.device.type != "cpu" or not x.is_contiguous() or d > 8192 or n <= m:
+        return float(x.double().pow(2).sum(-1).mean())
+    sums = torch.empty(n, dtype=torch.float64)
+    buf = torch.empty(m, d, dtype=torch.float64)
+    for lo in range(0, n, m):
+        b = buf[: min(m, n - lo)]
+        torch.sum(b.copy_(x[lo : lo + m]).pow_(2), -1, out=sums[lo : lo + m])
+    return float(sums.mean())
+
+
 def input_scale(x: Tensor) -> float:
     """SAELens ``expected_average_only_in``: the factor that makes mean ||x||^2 equal d_in.
-    An activation source (``husai_core.sources``) is read in chunks."""
-    ms = mean_sq_norm(x) if is_source(x) else float(x.double().pow(2).sum(-1).mean())
+    An activation source (``husai_core.sources``) is read in chunks; a large CPU tensor is
+    summed in float64 chunks (``_mean_sq_norm_rows``)."""
+    ms = mean_sq_norm(x) if is_source(x) else _mean_sq_norm_rows(x)
     if not math.isfinite(ms):
         raise HusaiError("activations contain NaN or infinite values")
     if not ms > 0:
