@@ -45,5 +45,6 @@ def runs_path(value: str | os.PathLike) -> Path:
 
 
 def artifacts_dir(profile: str, override: str | os.PathLike | None = None) -> Path:
-    """Where phases leave checkpoints and caches for the next phase, per profile."""
-    return Path(override) if override else runs_dir() / "artifacts" / profile
+    """Where phases leave checkpoints and caches for the next phase, per profile. A relative
+    ``override`` is relative to the runs folder, as the runner records it (``runs_relative``)."""
+    return runs_path(override) if override else runs_dir() / "artifacts" / profile

@@ -28,11 +28,11 @@ def record_results(run_dir: str | os.PathLike | None, results: dict[str, Any], n
     so no results file names a machine's folders. Interactive sessions (no ``run_dir``) write
     under ``runs/<notebook>/interactive/``.
     """
-    from .paths import runs_dir, runs_relative
+    from .paths import runs_dir, runs_path, runs_relative
 
     if "headline" not in results:
         raise HusaiError("results need a 'headline' mapping of the numbers to show in the index")
-    run_dir = Path(run_dir) if run_dir is not None else runs_dir() / notebook / "interactive"
+    run_dir = runs_path(run_dir) if run_dir is not None else runs_dir() / notebook / "interactive"
     return write_json(run_dir / "results.json", _relative_paths(to_jsonable(results), runs_relative))
 
 
@@ -44,7 +44,9 @@ def headline_figure(fig: Any, run_dir: str | os.PathLike | None) -> Any:
     """Mark ``fig`` as the run's headline figure (the index shows it as a thumbnail) and return
     it: ``headline_figure(fig, run_dir).show()``. Interactive sessions (no ``run_dir``) skip it."""
     if run_dir is not None:
-        atomic_write_text(Path(run_dir) / FIGURE, fig.to_json())
+        from .paths import runs_path
+
+        atomic_write_text(runs_path(run_dir) / FIGURE, fig.to_json())
     return fig
 
 

@@ -19,6 +19,11 @@ identity of the data it trains on (``data_id``, e.g. ``store.tensor_fingerprint`
 activations) and optionally the version of the code that computes it (``code_id``, e.g.
 ``store.code_version("all")``). New data or new code give new keys, so a stale result is
 never reused: the point is computed again.
+
+Point files name no machine's folders: an absolute path inside the runs folder (in the
+configuration or the result) is stored relative to it, listed under the record's
+``runs_relative``, and resolved again by ``collect``; keys are computed on the relative form,
+so a copied or moved runs folder reuses its points.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import pandas as pd
 from .progress import tqdm
 
 from .errors import HusaiError
+from .paths import runs_path, runs_relative
 from .io import atomic_write_text, config_hash, read_json, to_jsonable, write_json
 
 
@@ -48,7 +54,7 @@ class SweepPoint(NamedTuple):
 
     @property
     def key(self) -> str:
-        ident = {"config": self.config, "data": self.data_id, "code": self.code_id}
+        ident = {"config": _relative(dict(self.config))[0], "data": self.data_id, "code": self.code_id}
         return f"{config_hash(ident)[:12]}-seed{self.seed}"
 
 
@@ -113,8 +119,26 @@ def _call(fn: Callable[[dict], dict], point: SweepPoint, shared: tuple[str, ...]
                         "code_id": point.code_id, "result": result})
 
 
+def _relative(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``values`` with absolute paths inside the runs folder made relative to it; the changed keys."""
+    changed = [k for k, v in values.items() if isinstance(v, str) and os.path.isabs(v) and runs_relative(v) != v]
+    return {**values, **{k: runs_relative(values[k]) for k in changed}}, changed
+
+
 def _save(out: Path, record: dict) -> None:
-    write_json(out / "points" / f"{record['key']}.json", record)
+    (config, in_config), (result, in_result) = _relative(record["config"]), _relative(record["result"])
+    where = [f"config.{k}" for k in in_config] + [f"result.{k}" for k in in_result]
+    write_json(out / "points" / f"{record['key']}.json",
+               {**record, "config": config, "result": result, "runs_relative": where})
+
+
+def _resolved(record: dict) -> dict:
+    """A point record as written by ``_save``, its runs-relative paths absolute again (this machine's)."""
+    record = {**record, "config": dict(record["config"]), "result": dict(record["result"])}
+    for entry in record.get("runs_relative", []):
+        section, key = entry.split(".", 1)
+        record[section][key] = str(runs_path(record[section][key]))
+    return record
 
 
 def _client_paths(point: SweepPoint) -> tuple[str, ...]:
@@ -190,14 +214,16 @@ def _run_dask(fn, todo, out, address, bar) -> None:
 
 
 def collect(out: str | os.PathLike, points: list[SweepPoint]) -> pd.DataFrame:
-    """Tidy table of the given points' results; also written as ``table.csv`` and ``table.json``."""
+    """Tidy table of the given points' results (paths absolute); also written as ``table.csv`` and
+    ``table.json`` (paths inside the runs folder relative to it, like the point files)."""
     out = Path(out)
     rows = []
     for p in points:
-        rec = read_json(out / "points" / f"{p.key}.json", "sweep point result")
+        rec = _resolved(read_json(out / "points" / f"{p.key}.json", "sweep point result"))
         rows.append({**rec["config"], "seed": rec["seed"], "key": rec["key"], "data_id": rec.get("data_id"),
                      **rec["result"]})
     table = pd.DataFrame(rows)
-    write_json(out / "table.json", table.to_dict(orient="records"))
-    atomic_write_text(out / "table.csv", table.to_csv(index=False))
+    stored = pd.DataFrame([_relative(r)[0] for r in rows])
+    write_json(out / "table.json", stored.to_dict(orient="records"))
+    atomic_write_text(out / "table.csv", stored.to_csv(index=False))
     return table

@@ -28,19 +28,21 @@
 # Summaries are cached beside each configuration as `explorer_summary.json`.
 
 # %% tags=["parameters"]
-profile = "interactive"
+# Opened by hand (JupyterLab, `make lab`), it explores what `make run` cached: the full profile's
+# artifacts and SAE settings (params/full/03_sae_training.yaml and the pipeline's seeds).
+profile = "full"
 run_dir = None
 artifacts_dir = None
 progress = True
 layout = "default"
 hook = "blocks.0.hook_resid_post"
-seeds = [42, 123, 456, 789, 1011]
+seeds = [42, 123, 456, 789, 1011, 2022, 3033, 4044]
 architecture = "topk"
-d_sae = 1024
+d_sae = 512
 k = 32
 steps = 2000
-batch_size = 1024
-lr = 3e-4
+batch_size = 256
+lr = 1e-3
 sae_params = {}
 train_on_demand = True
 k_values = [4, 8, 16, 32, 64, 128]

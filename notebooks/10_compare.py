@@ -91,12 +91,12 @@ from husai_core.conditions import heldout_split
 from husai_core.experiments import config_id, train_or_load_saes
 from husai_core.report import headline_figure, record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
-from husai_core.runner import runs_dir
+from husai_core.runner import runs_dir, runs_path
 from husai_core.sae import SAEConfig, export_saelens
 from husai_core.sae.synthetic import planted_dictionary
 
 art = resolve_artifacts(profile, artifacts_dir)
-base = Path(run_dir) if run_dir else runs_dir() / "10_compare" / "interactive"
+base = runs_path(run_dir) if run_dir else runs_dir() / "10_compare" / "interactive"
 demo = not paths
 ground_truth = None
 if demo:

@@ -95,8 +95,9 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from husai_core.phases import evaluation as phase
-from husai_core.report import record_results
+from husai_core.report import headline_figure, record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
+from husai_core.runner import runs_path
 from husai_core.saebench import run_saebench
 
 # Every number below comes from husai_core.phases.evaluation (`husai verify` re-derives it there).
@@ -150,7 +151,7 @@ fig.add_hline(y=1.0, line_dash="dot", annotation_text="as good as the activation
 fig.add_hline(y=0.0, line_dash="dot", annotation_text="as bad as ablating it")
 fig.update_layout(title="Loss recovered per seed (dots) and mean with 95% CI over seeds", yaxis_title="loss recovered",
                   height=450)
-fig.show()
+headline_figure(fig, run_dir).show()
 
 # %%
 fig = go.Figure()
@@ -199,7 +200,7 @@ pd.DataFrame({m: t for m, t in probes["tests"].items() if t}).T
 # Only for SAELens folders of SAEs on a Hugging Face language model (`saebench_saes`), offline.
 
 # %%
-external = run_saebench(saebench_saes, Path(run_dir or art) / "saebench", saebench_evals, saebench_model)
+external = run_saebench(saebench_saes, (runs_path(run_dir) if run_dir else art) / "saebench", saebench_evals, saebench_model)
 print(external.get("missing") or pd.DataFrame(external["runs"]))
 
 # %%

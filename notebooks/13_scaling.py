@@ -82,7 +82,7 @@ import pandas as pd
 from plotly.subplots import make_subplots
 
 from husai_core.phases import scaling
-from husai_core.report import record_results
+from husai_core.report import headline_figure, record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
 
 art = resolve_artifacts(profile, artifacts_dir)
@@ -159,8 +159,8 @@ def loglog(x: str, lines: str, ys: tuple[str, ...], title: str, y_title: str):
     return fig
 
 
-loglog("tokens", "d_sae", ("pwmcc", "null"), "PWMCC vs token budget: trained (solid) and gaussian_matched (dashed)",
-       "PWMCC").show()
+headline_figure(loglog("tokens", "d_sae", ("pwmcc", "null"),
+                       "PWMCC vs token budget: trained (solid) and gaussian_matched (dashed)", "PWMCC"), run_dir).show()
 
 # %% [markdown]
 # ## Consistency against width (log-log)

@@ -15,3 +15,11 @@ def record_call(spec: dict) -> dict:
     if spec.get("fail_on") == [spec["x"], spec["seed"]] and not (log / "allow").exists():
         raise RuntimeError(f"planned failure at x={spec['x']} seed={spec['seed']}")
     return {"value": spec["x"] * 10 + spec["seed"]}
+
+
+def write_checkpoint(spec: dict) -> dict:
+    """Like ``record_call``, and name a file it wrote (as ``train_point`` names its checkpoint)."""
+    out = Path(spec["log"]).parent / f"ckpt-{spec['x']}-{spec['seed']}"
+    record_call(spec)
+    out.write_text("weights")
+    return {"checkpoint": str(out), "value": spec["x"]}

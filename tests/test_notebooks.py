@@ -176,12 +176,29 @@ def test_sae_settings_agree_between_phases_3_and_4(profile):
     assert {k: p3[k] for k in shared} == {k: p4[k] for k in shared}
 
 
+def test_explorer_opens_on_the_main_jobs_saes():
+    """09_explorer, run with the full profile or opened by hand in JupyterLab (its own defaults),
+    shows the configuration and seeds `make run` trained (full profile of 03 and the pipeline)."""
+    shared = ("architecture", "d_sae", "k", "steps", "batch_size", "lr", "sae_params", "hook", "layout")
+    p3 = {**runner.notebook_parameters(runner.read_notebook(runner.resolve_notebook("03"))), **runner.load_profile("03_sae_training", "full")}
+    own = runner.notebook_parameters(runner.read_notebook(runner.resolve_notebook("09")))
+    full = {**own, **runner.load_profile("09_explorer", "full")}
+    seeds = runner.load_profile("pipeline", "full")["seeds"]
+    for p9 in (own, full):
+        assert {k: p9[k] for k in shared} == {k: p3[k] for k in shared}
+        assert p9["seeds"] == seeds
+    assert own["profile"] == "full"
+
+
 def test_run_metadata_names_no_machine_path(smoke_runs):
-    """results.json and params.yaml store paths relative to the runs folder, never the machine's."""
+    """Run records, the executed notebook and its report, and the activation cache's metadata store
+    paths relative to the runs folder, never the machine's."""
     base = str(smoke_runs["base"])
     for res in smoke_runs["runs"].values():
-        for name in ("results.json", "params.yaml", "manifest.json"):
+        for name in ("results.json", "params.yaml", "manifest.json", "notebook.ipynb", "report.html"):
             assert base not in (res.run_dir / name).read_text(), (res.run_dir, name)
+    for meta in (smoke_runs["base"] / "runs" / "artifacts").glob("*/activations/*/metadata.json"):
+        assert base not in meta.read_text(), meta
         params = yaml.safe_load((res.run_dir / "params.yaml").read_text())
         assert smoke_runs["base"] / "runs" / params["run_dir"] == res.run_dir
 

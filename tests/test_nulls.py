@@ -37,6 +37,23 @@ def test_gaussian_matched_reproduces_mean_and_covariance():
     assert not torch.equal(gaussian_matched_rows(x, seed=4), y)
 
 
+def test_null_rows_do_not_depend_on_the_thread_count():
+    # a sweep worker (1 thread) and the notebook (all cores) must draw the same rows, or every
+    # phase keys their SAEs differently and retrains them; 2 threads sum in another order
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, 96, generator=g) @ torch.randn(96, 96, generator=g) + 3
+    threads = torch.get_num_threads()
+    rows = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            rows.append(gaussian_matched_rows(x, seed=1))
+            assert torch.get_num_threads() == n  # restored
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(rows[0], rows[1])
+
+
 def test_random_transformer_is_untrained_and_differs_from_the_trained_model():
     task = TaskConfig(p=11)
     ckpt = train_model(task, ModelConfig(d_model=16, n_heads=2, d_mlp=32), TrainConfig(steps=30, eval_every=30, seed=0),

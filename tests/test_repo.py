@@ -37,3 +37,9 @@ def test_notebooks_are_paired_output_free_and_in_sync():
         assert [c.source for c in nb.cells] == [c.source for c in text.cells], f"{ipynb.name} is out of sync with {py.name}"
         tags = [c.metadata.get("tags", []) for c in nb.cells]
         assert ["parameters"] in tags, f"{py.name} has no parameters cell"
+
+
+def test_every_notebook_marks_a_headline_figure_for_the_index():
+    """The index shows each phase's headline figure as a thumbnail: every notebook marks one."""
+    for py in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py")):
+        assert "headline_figure(" in py.read_text(), f"{py.name} marks no headline figure (report.headline_figure)"

@@ -8,7 +8,7 @@ import pytest
 from husai_core.errors import HusaiError
 from husai_core.experiments import sae_config
 from husai_core.sweep import expand_grid, run_sweep
-from sweep_fns import record_call
+from sweep_fns import record_call, write_checkpoint
 
 
 def calls(log):
@@ -56,7 +56,7 @@ def test_killed_sweep_resumes_without_redoing_finished_points(tmp_path):
     script = f"""
 import sys; sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
 from husai_core.sweep import expand_grid, run_sweep
-from sweep_fns import record_call
+from sweep_fns import record_call, write_checkpoint
 points = expand_grid({{"log": {str(log)!r}, "sleep": 0.4}}, {{"x": list(range(8))}}, seeds=[0], data_id="d0")
 run_sweep(record_call, points, {str(out)!r}, workers=1, progress=False)
 """
@@ -100,3 +100,28 @@ def test_point_keys_include_the_data_and_code(tmp_path):
             expand_grid(*grid, seeds=[0], data_id=bad)
     with pytest.raises(TypeError):
         expand_grid(*grid, seeds=[0])  # data_id is required
+
+
+def test_point_files_name_no_machine_folder_and_survive_a_moved_runs_folder(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    monkeypatch.setenv("HUSAI_RUNS_DIR", str(tmp_path / "runs"))
+    log = tmp_path / "runs" / "log"
+    points = expand_grid({"log": str(log)}, {"x": [1, 2]}, seeds=[0], data_id="d")
+    table = run_sweep(write_checkpoint, points, tmp_path / "runs" / "sweep", workers=1, progress=False)
+    keys = [p.key for p in points]
+    assert [open(p).read() for p in table.checkpoint] == ["weights", "weights"]  # absolute again, readable
+    stored = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs" / "sweep" / "points").iterdir())]
+    assert {r["config"]["log"] for r in stored} == {"log"}
+    assert {r["result"]["checkpoint"] for r in stored} == {"ckpt-1-0", "ckpt-2-0"}
+    assert str(tmp_path) not in (tmp_path / "runs" / "sweep" / "table.json").read_text()
+    assert str(tmp_path) not in (tmp_path / "runs" / "sweep" / "table.csv").read_text()
+
+    shutil.move(tmp_path / "runs", tmp_path / "moved")  # another machine, another folder
+    monkeypatch.setenv("HUSAI_RUNS_DIR", str(tmp_path / "moved"))
+    moved = expand_grid({"log": str(tmp_path / "moved" / "log")}, {"x": [1, 2]}, seeds=[0], data_id="d")
+    assert [p.key for p in moved] == keys
+    again = run_sweep(write_checkpoint, moved, tmp_path / "moved" / "sweep", workers=1, progress=False)
+    assert calls(tmp_path / "moved" / "log") == ["1-0", "2-0"]  # reused, not recomputed
+    assert [str(p) for p in again.checkpoint] == [str(tmp_path / "moved" / f"ckpt-{x}-0") for x in (1, 2)]

@@ -21,6 +21,7 @@ from ..activations import (ActivationCache, effective_rank, explained_variance_r
 from ..errors import HusaiError
 from ..io import file_sha256, to_jsonable
 from ..model import load_checkpoint
+from ..paths import runs_relative
 from ..task import make_task
 
 NOTEBOOK = "02_activations"
@@ -78,7 +79,7 @@ def caches(params: dict[str, Any], art: Path, *, git_commit: str | None = None,
             cache = load_cache(folder)
             check_cache(cache, ckpt, acts)
         elif (cache := _reusable(folder, ckpt, acts, params["position"])) is None:
-            meta = {"source_checkpoint": str(ckpt.path), "source_sha256": ckpt.sha256, "layout": layout,
+            meta = {"source_checkpoint": runs_relative(ckpt.path), "source_sha256": ckpt.sha256, "layout": layout,
                     "position": params["position"], "answer_pos": make_task(ckpt.task).answer_pos,
                     "task": ckpt.task.to_dict(), "git_commit": git_commit}
             cache = load_cache(save_cache(folder, acts, labels, meta))

@@ -33,6 +33,7 @@ from ..errors import HusaiError
 from ..experiments import (_load_seed, config_id, data_fingerprint, point_data, sae_config, sae_key,
                            summarise_sweep, sweep_point_check, train_point)
 from ..io import read_json
+from ..paths import runs_relative
 from ..selection import candidate, select_candidate
 from ..store import code_version, tensor_fingerprint
 from ..sweep import SweepPoint, expand_grid, run_sweep
@@ -141,7 +142,7 @@ def scaling_activations(ckpt, hooks: list[str], folder: Path, position: str = "a
     split = torch.zeros(len(data.labels), dtype=torch.int64)
     split[data.test_idx] = 1  # 0 = train pair, 1 = held-out pair (as phase 2)
     labels = {"a": data.a, "b": data.b, "c": data.labels, "split": split}
-    meta = {"source_checkpoint": str(ckpt.path), "source_sha256": ckpt.sha256, "layout": ckpt.task.layout,
+    meta = {"source_checkpoint": runs_relative(ckpt.path), "source_sha256": ckpt.sha256, "layout": ckpt.task.layout,
             "position": position, "answer_pos": data.answer_pos, "task": ckpt.task.to_dict(), "phase": PHASE}
     return {h: v for h, v in load_cache(save_cache(folder, acts, labels, meta)).acts.items() if h in hooks}
 

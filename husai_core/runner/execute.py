@@ -134,6 +134,8 @@ def run_notebook(
                     status="failed" if error else "ok", error=error)
     if not error and not (work_dir / "results.json").is_file():
         manifest.update(status="failed", error="the notebook did not write results.json")
+    if (work_dir / "notebook.ipynb").is_file():
+        _drop_machine_paths(work_dir / "notebook.ipynb", work_dir, final_dir)
     if render and (work_dir / "notebook.ipynb").is_file():
         from ..report import render_html
 
@@ -149,6 +151,18 @@ def run_notebook(
         shutil.rmtree(final_dir)
     work_dir.rename(final_dir)
     return RunResult(final_dir, read_json(final_dir / "results.json"), manifest, decision)
+
+
+def _drop_machine_paths(nb_path: Path, work_dir: Path, final_dir: Path) -> None:
+    """The executed notebook names no machine's folders: the partial run folder becomes the final
+    one, and paths in the runs folder (then in the checkout) become relative to it, as in
+    params.yaml (the injected parameters, papermill's metadata and any printed path)."""
+    text = nb_path.read_text()
+    replaced = text.replace(str(work_dir), runs_relative(final_dir))
+    for root in dict.fromkeys([runs_dir(), runs_dir().resolve(), repo_root(), repo_root().resolve()]):
+        replaced = replaced.replace(f"{root}{os.sep}", "")
+    if replaced != text:
+        atomic_write_text(nb_path, replaced)
 
 
 @contextmanager
