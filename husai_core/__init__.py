@@ -39,6 +39,7 @@ Consistency and statistics
 - ``comparison``     condition x metric tables, verdicts against every null, ground-truth recovery
 - ``convergence``    consistency against training steps and the plateau criterion
 - ``stats``          seed-level bootstrap, tests, LCB, Holm
+- ``trends``         power-law fits with t intervals (``fit_power_law``, ``predict``)
 - ``experiments/``   phase building blocks: ``analysis`` (trained vs random), ``points`` (sweep
                      points), ``frontier`` (calibration, frontier summary); re-exports the store
 - ``sweep``          resumable seeds x configurations sweeps (process pool or Dask)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .progress import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from .device import pick_device, seed_everything
+from .device import deterministic, pick_device, seed_everything
 from .errors import HusaiError
 from .io import file_sha256, load_tensors, read_json, save_tensors, write_json
 from .task import TaskConfig, TaskData, make_task
@@ -121,7 +121,13 @@ def train_model(
     device: str = "auto",
     progress: bool = True,
 ) -> Checkpoint:
-    """Full-batch AdamW on the training pairs; logs train/test loss and accuracy."""
+    """Full-batch AdamW on the training pairs; logs train/test loss and accuracy. Deterministic
+    kernels (``device.deterministic``): the same configs give bit-identical weights on every run."""
+    with deterministic():
+        return _train_model(task, cfg, train, device, progress)
+
+
+def _train_model(task: TaskConfig, cfg: ModelConfig, train: TrainConfig, device: str, progress: bool) -> Checkpoint:
     data = make_task(task)
     model = build_model(task, cfg, seed=train.seed, device=device)
     dev = model.cfg.device

@@ -81,6 +81,7 @@ import numpy as np
 import pandas as pd
 from plotly.subplots import make_subplots
 
+from husai_core import trends
 from husai_core.phases import scaling
 from husai_core.report import headline_figure, record_results
 from husai_core.runner import artifacts_dir as resolve_artifacts
@@ -151,7 +152,7 @@ def loglog(x: str, lines: str, ys: tuple[str, ...], title: str, y_title: str):
                 if fit["intercepts"] and all(fit["slopes"][v] for v in fit["used"]):
                     grid = np.geomspace(h[x].min(), h[x].max(), 20)
                     fixed = {x: grid, **{v: np.full(20, value) for v in fit["used"] if v != x}}
-                    fig.add_scatter(x=grid, y=scaling.predict(fit, fixed), mode="lines", showlegend=False,
+                    fig.add_scatter(x=grid, y=trends.predict(fit, fixed), mode="lines", showlegend=False,
                                     line=dict(color=c, width=1, dash="dot"), hoverinfo="skip", row=row, col=col)
         fig.update_xaxes(type="log", title_text=x, row=row, col=col)
         fig.update_yaxes(type="log", title_text=y_title if col == 1 else None, row=row, col=col)

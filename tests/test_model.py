@@ -32,6 +32,23 @@ def test_training_is_deterministic_on_cpu_and_logs_curves():
     assert a.history.train_loss.iloc[-1] < a.history.train_loss.iloc[0]
 
 
+def test_training_gives_the_same_weights_on_every_run_and_any_thread_count():
+    # two CPU threads made two runs of the full-size model differ (a backward kernel accumulated
+    # in a run-dependent order), and everything downstream with them
+    task, train = TaskConfig(p=23), TrainConfig(steps=30, eval_every=1000, lr=3e-3, seed=0)
+    threads = torch.get_num_threads()
+    weights = []
+    try:
+        for n in (2, 2, 1):
+            torch.set_num_threads(n)
+            ckpt = train_model(task, ModelConfig(), train, device="cpu", progress=False)
+            weights.append(torch.cat([p.detach().flatten() for p in ckpt.model.parameters()]))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(weights[0], weights[1]) and torch.equal(weights[0], weights[2])
+    assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is restored
+
+
 def test_two_layers_train():
     ckpt = train_model(TaskConfig(p=11), ModelConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=32),
                        TrainConfig(steps=5, eval_every=5), progress=False)

@@ -8,6 +8,7 @@ from scipy import stats as sps
 
 from husai_core import runner
 from husai_core.errors import HusaiError
+from husai_core import trends
 from husai_core.phases import scaling
 from conftest import REPO, runs_env
 
@@ -25,24 +26,24 @@ def power_law(noise: float, seed: int = 0) -> pd.DataFrame:
 # ---------------------------------------------------------------- the fit
 
 def test_fit_recovers_a_known_power_law():
-    exact = scaling.fit_power_law(power_law(0.0), "y", ["tokens", "d_sae"], group="hook")
+    exact = trends.fit_power_law(power_law(0.0), "y", ["tokens", "d_sae"], group="hook")
     assert exact["slopes"]["tokens"]["slope"] == pytest.approx(0.25, abs=1e-9)
     assert exact["slopes"]["d_sae"]["slope"] == pytest.approx(-0.4, abs=1e-9)
     assert exact["intercepts"] == pytest.approx({"a": np.log(0.02), "b": np.log(0.05)})
     assert exact["dof"] == 30 - 4 and exact["n_dropped"] == 0
-    noisy = scaling.fit_power_law(power_law(0.05), "y", ["tokens", "d_sae"], group="hook")
+    noisy = trends.fit_power_law(power_law(0.05), "y", ["tokens", "d_sae"], group="hook")
     for x, truth in (("tokens", 0.25), ("d_sae", -0.4)):
         s = noisy["slopes"][x]
         assert s["ci"][0] < truth < s["ci"][1]  # the 95% interval covers the true exponent
         assert s["slope"] == pytest.approx(truth, abs=0.05) and s["ci"][1] - s["ci"][0] < 0.1
-    fitted = scaling.predict(exact, {"tokens": [1e4, 1e6], "d_sae": [64, 64]}, group="b")
+    fitted = trends.predict(exact, {"tokens": [1e4, 1e6], "d_sae": [64, 64]}, group="b")
     assert fitted == pytest.approx([0.05 * 1e4 ** 0.25 * 64 ** -0.4, 0.05 * 1e6 ** 0.25 * 64 ** -0.4])
 
 
 def test_single_x_fit_is_linregress_with_a_t_interval():
     frame = power_law(0.1, seed=3)
     frame = frame[(frame.hook == "a") & (frame.d_sae == 256)]
-    fit = scaling.fit_power_law(frame, "y", ["tokens"])
+    fit = trends.fit_power_law(frame, "y", ["tokens"])
     ref = sps.linregress(np.log(frame.tokens), np.log(frame.y))
     s = fit["slopes"]["tokens"]
     assert s["slope"] == pytest.approx(ref.slope) and s["stderr"] == pytest.approx(ref.stderr)
@@ -53,13 +54,13 @@ def test_single_x_fit_is_linregress_with_a_t_interval():
 
 def test_fit_drops_non_positive_values_and_says_when_there_is_no_ci():
     frame = pd.DataFrame({"y": [0.1, -0.2, 0.3, 0.0], "tokens": [1, 2, 4, 8]})
-    fit = scaling.fit_power_law(frame, "y", ["tokens"])
+    fit = trends.fit_power_law(frame, "y", ["tokens"])
     assert fit["n_dropped"] == 2 and fit["n_points"] == 2 and fit["dof"] == 0
     assert fit["slopes"]["tokens"]["ci"] is None and fit["slopes"]["tokens"]["slope"] == pytest.approx(np.log(3) / np.log(4))
-    one_value = scaling.fit_power_law(frame.assign(tokens=5), "y", ["tokens"])
+    one_value = trends.fit_power_law(frame.assign(tokens=5), "y", ["tokens"])
     assert one_value["slopes"]["tokens"] is None
     with pytest.raises(HusaiError, match="no column"):
-        scaling.fit_power_law(frame, "y", ["d_sae"])
+        trends.fit_power_law(frame, "y", ["d_sae"])
 
 
 # ---------------------------------------------------------------- bad input: one line, before anything trains
