@@ -7,8 +7,11 @@ One run, four parts:
 
 1. PWMCC, ours (``consistency.pwmcc``) vs dense numpy (normalise, ``abs(A @ B.T)``, two max
    reductions) from 1,024 to 16,384 latents: median of interleaved calls (ours, dense, ours,
-   dense, ...: background load hits both alike) after a warm-up; also ``pwmcc_matrix`` over 8
-   seeds vs a pairwise dense loop.
+   dense, ...: background load hits both alike) after a warm-up, with a 95% bootstrap CI of
+   the median of the paired ratios (dense call / the ours call just before it): where both
+   sides run the same single BLAS product (1,024 x 512), the ratio scatters around 1 from run
+   to run, and the CI says whether ours is slower beyond that noise; also ``pwmcc_matrix`` over
+   8 seeds vs a pairwise dense loop.
 2. Hungarian, ours (``consistency.hungarian_match``, default settings: exact dense solve while
    d_sae² <= assignment.DENSE_LIMIT = 8192², sparse top-16 candidate matching above) vs dense
    numpy + scipy ``linear_sum_assignment`` on the full cost, on planted-overlap decoders.
@@ -214,25 +217,34 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- parts
+def ratio_ci(dense_times: list[float], ours_times: list[float], level: float = 0.95) -> list[float]:
+    """Bootstrap CI (seeded, 10,000 resamples) of the median of paired ratios dense_i / ours_i."""
+    ratios = np.asarray(dense_times) / np.asarray(ours_times)
+    rng = np.random.default_rng(0)
+    medians = np.median(ratios[rng.integers(0, len(ratios), (10_000, len(ratios)))], axis=1)
+    return [float(np.quantile(medians, (1 - level) / 2)), float(np.quantile(medians, (1 + level) / 2))]
+
+
 def part_pwmcc(cases) -> list[dict]:
     rows = []
     for n, d in cases:
         a, b = decoders(n, d, seed=n + d)
-        reps = 31 if n <= 1024 else 15 if n <= 2048 else 9 if n <= 4096 else 5 if n <= 8192 else 3
+        reps = 101 if n <= 1024 else 31 if n <= 2048 else 9 if n <= 4096 else 5 if n <= 8192 else 3
         res = timed({"ours": lambda: pwmcc(a, b), "dense": lambda: dense_pwmcc(a, b)}, reps, warmup=1)
         (t_ours, ours_times, v_ours), (t_dense, dense_times, v_dense) = res["ours"], res["dense"]
         mem_ours = in_child(what="pwmcc", impl="ours", n=n, d=d, seed=n + d, kind="random")
         mem_dense = in_child(what="pwmcc", impl="dense", n=n, d=d, seed=n + d, kind="random")
         row = {"d_sae": n, "d_in": d, "repeats": reps, "warmup": 1, "ours_s": t_ours, "dense_s": t_dense,
                "speedup": t_dense / t_ours, "speedup_best": min(dense_times) / min(ours_times),
-               "ours_times_s": ours_times, "dense_times_s": dense_times, "ours_value": v_ours,
+               "speedup_ci": ratio_ci(dense_times, ours_times), "ours_times_s": ours_times, "dense_times_s": dense_times, "ours_value": v_ours,
                "dense_value": v_dense, "abs_diff": abs(v_ours - v_dense),
                "ours_extra_mib": mem_ours["extra_mib"], "dense_extra_mib": mem_dense["extra_mib"],
                "ours_peak_rss_mib": mem_ours["peak_rss_mib"], "dense_peak_rss_mib": mem_dense["peak_rss_mib"],
                "memory_ratio": mem_dense["extra_mib"] / max(mem_ours["extra_mib"], 1e-9)}
         rows.append(row)
         log(f"pwmcc d_sae={n:6d} d_in={d}: ours {t_ours:.4f}s, dense {t_dense:.4f}s -> x{row['speedup']:.2f}"
-            f" (best of {reps}: x{row['speedup_best']:.2f});"
+            f" (paired 95% CI x{row['speedup_ci'][0]:.2f}-{row['speedup_ci'][1]:.2f}; best of {reps}:"
+            f" x{row['speedup_best']:.2f});"
             f" extra memory ours {row['ours_extra_mib']:.0f} MiB, dense {row['dense_extra_mib']:.0f} MiB;"
             f" |diff| {row['abs_diff']:.1e}")
     return rows
@@ -335,6 +347,8 @@ def targets(res: dict) -> dict:
             t[f"{part}_min_speedup_where_dense_fits"] = min(r["speedup"] for r in res[part])
             t[f"{part}_ge_1x_everywhere"] = all(r["speedup"] >= 1.0 for r in res[part])
             t[f"{part}_min_speedup_best_of_repeats"] = min(r["speedup_best"] for r in res[part])
+            if all("speedup_ci" in r for r in res[part]):  # not slower beyond run-to-run noise
+                t[f"{part}_never_significantly_slower"] = all(r["speedup_ci"][1] >= 1.0 for r in res[part])
     big = [r for r in (res.get("large") or {}).get("hungarian", []) if r["d_sae"] == 65536 and not r["exact"]]
     if big:
         t["hungarian_65536_seconds"] = {r["decoders"]: r["seconds"] for r in big}
