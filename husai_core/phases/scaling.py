@@ -145,7 +145,8 @@ def scaling_activations(ckpt, hooks: list[str], folder: Path, position: str = "a
     labels = {"a": data.a, "b": data.b, "c": data.labels, "split": split}
     meta = {"source_checkpoint": runs_relative(ckpt.path), "source_sha256": ckpt.sha256, "layout": ckpt.task.layout,
             "position": position, "answer_pos": data.answer_pos, "task": ckpt.task.to_dict(), "phase": PHASE}
-    return {h: v for h, v in load_cache(save_cache(folder, acts, labels, meta)).acts.items() if h in hooks}
+    cache = load_cache(save_cache(folder, acts, labels, meta))
+    return {h: cache.acts[h] for h in hooks}  # grid order, as when the cache is reused (not the file's)
 
 
 def check_grid(params: dict[str, Any]) -> list[str]:
@@ -359,5 +360,5 @@ def run(params: dict[str, Any], art: str | Path, *, progress: bool = False, load
 
 
 __all__ = ["HOOKS", "DEFAULTS", "hook_names", "budget_steps", "model_name", "check_grid", "scaling_model", "scaling_activations",
-           "grid_points", "load_point", "run_grid", "family", "FAMILY", "fit_power_law", "predict", "trends", "summarise", "candidates",
+           "grid_points", "load_point", "run_grid", "family", "FAMILY", "trends", "summarise", "candidates",
            "run"]
