@@ -132,8 +132,14 @@ def _save(out: Path, record: dict) -> None:
                {**record, "config": config, "result": result, "runs_relative": where})
 
 
-def _resolved(record: dict) -> dict:
-    """A point record as written by ``_save``, its runs-relative paths absolute again (this machine's)."""
+def point_path(out: str | os.PathLike, point: SweepPoint) -> Path:
+    """Where ``run_sweep`` keeps the finished ``point``'s record."""
+    return Path(out) / "points" / f"{point.key}.json"
+
+
+def read_point(path: str | os.PathLike) -> dict:
+    """A point record as ``run_sweep`` wrote it, its runs-relative paths absolute again (this machine's)."""
+    record = read_json(path, "sweep point result")
     record = {**record, "config": dict(record["config"]), "result": dict(record["result"])}
     for entry in record.get("runs_relative", []):
         section, key = entry.split(".", 1)
@@ -169,7 +175,7 @@ def run_sweep(
     keys = [p.key for p in points]
     if len(set(keys)) != len(keys):
         raise HusaiError("sweep has duplicate points (same configuration, data and seed)")
-    todo = [p for p in points if not (out / "points" / f"{p.key}.json").is_file()]
+    todo = [p for p in points if not point_path(out, p).is_file()]
     bar = tqdm(total=len(points), initial=len(points) - len(todo), disable=not progress, desc="sweep")
     if todo:
         if scheduler:
@@ -219,7 +225,7 @@ def collect(out: str | os.PathLike, points: list[SweepPoint]) -> pd.DataFrame:
     out = Path(out)
     rows = []
     for p in points:
-        rec = _resolved(read_json(out / "points" / f"{p.key}.json", "sweep point result"))
+        rec = read_point(point_path(out, p))
         rows.append({**rec["config"], "seed": rec["seed"], "key": rec["key"], "data_id": rec.get("data_id"),
                      **rec["result"]})
     table = pd.DataFrame(rows)

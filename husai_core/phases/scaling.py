@@ -32,11 +32,10 @@ import torch
 from ..errors import HusaiError
 from ..experiments import (_load_seed, config_id, data_fingerprint, point_data, sae_config, sae_key,
                            summarise_sweep, sweep_point_check, train_point)
-from ..io import read_json
 from ..paths import runs_relative
 from ..selection import candidate, select_candidate
 from ..store import code_version, tensor_fingerprint
-from ..sweep import SweepPoint, expand_grid, run_sweep
+from ..sweep import SweepPoint, expand_grid, point_path, read_point, run_sweep
 from ..trends import fit_power_law
 
 PHASE = "13_scaling"
@@ -209,8 +208,8 @@ def run_grid(points: list[SweepPoint], out: Path, *, load_only: bool = False, pr
                          scheduler=scheduler, progress=progress)
     rows = []
     for p in points:
-        path = Path(out) / "points" / f"{p.key}.json"
-        result = read_json(path, "sweep point result")["result"] if path.is_file() else \
+        path = point_path(out, p)
+        result = read_point(path)["result"] if path.is_file() else \
             load_point({**p.config, "seed": p.seed})
         rows.append({**p.config, "seed": p.seed, "key": p.key, "data_id": p.data_id, **result})
     return pd.DataFrame(rows)
