@@ -121,8 +121,9 @@ def _call(fn: Callable[[dict], dict], point: SweepPoint, shared: tuple[str, ...]
 
 def _relative(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``values`` with absolute paths inside the runs folder made relative to it; the changed keys."""
-    changed = [k for k, v in values.items() if isinstance(v, str) and os.path.isabs(v) and runs_relative(v) != v]
-    return {**values, **{k: runs_relative(values[k]) for k in changed}}, changed
+    rel = {k: runs_relative(v) for k, v in values.items() if isinstance(v, str) and os.path.isabs(v)}
+    changed = {k: r for k, r in rel.items() if r != values[k]}
+    return {**values, **changed}, list(changed)
 
 
 def _save(out: Path, record: dict) -> None:
